@@ -1,0 +1,1 @@
+"""On-disk formats: read and write bytes, know nothing about kernels."""

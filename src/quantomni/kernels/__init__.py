@@ -1,0 +1,1 @@
+"""Kernels: shapes and dtypes in, tensors out. Nothing here knows about models."""

@@ -1,0 +1,1 @@
+"""Quantized layers that dispatch to kernels."""

@@ -1,0 +1,1 @@
+"""Planning, loading and running pipelines."""

@@ -1,0 +1,32 @@
+"""Frozen value objects that say how a layer's tensors are quantized.
+
+Methods build them from configs; kernels read them. Neither side passes bags of flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp8Scheme:
+    """FP8 E4M3 W8A8.
+
+    weight_granularity: "tensor" (one scale) or "channel" (one scale per output channel).
+    activation: "token" (dynamic per token), "tensor" (dynamic per tensor) or "static".
+    """
+
+    weight_granularity: str = "channel"
+    activation: str = "token"
+
+    def describe(self) -> str:
+        act = {"token": "dynamic per-token", "tensor": "dynamic per-tensor", "static": "static"}[self.activation]
+        return f"fp8-e4m3 W:per-{self.weight_granularity} A:{act}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Scheme:
+    """INT8 W8A8: symmetric per-channel weights, dynamic per-token activations."""
+
+    def describe(self) -> str:
+        return "int8 W:per-channel-symmetric A:dynamic per-token"
