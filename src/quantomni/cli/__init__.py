@@ -1,0 +1,1 @@
+"""Command-line interface: thin sub-commands over the shared loading path."""

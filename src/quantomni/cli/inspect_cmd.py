@@ -1,0 +1,42 @@
+"""quantomni inspect DIR [--quantization fp8] [--json] [--layers]"""
+
+from __future__ import annotations
+
+import json
+
+from quantomni.cli.main import add_quantization_arguments, quantization_config_arg
+
+
+def add_arguments(p):
+    p.add_argument("model", help="diffusers-format model directory")
+    add_quantization_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON (with every layer) instead of text")
+    p.add_argument("--summary-only", action="store_true", help="omit the per-layer table")
+
+
+def run(args) -> int:
+    from quantomni.pipeline.inspect import inspect_model
+
+    info = inspect_model(
+        args.model, args.quantization, quantization_config_arg(args.quantization_config), args.linear_backend,
+        args.dtype, args.device,
+    )
+    plans = info.pop("plans")
+    if args.json:
+        info["plans"] = {name: plan.to_dict(with_layers=True) for name, plan in plans.items()}
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"model: {info['model']}")
+    print(f"pipeline: {info['pipeline']} (architecture adapter: {info['architecture']})")
+    print("components:")
+    for name, entry in info["components"].items():
+        q = entry["quantization"]
+        qtext = "-" if q is None else (q.get("scheme") or q.get("method") or "none")
+        params = f", {entry['parameters']:,} params" if "parameters" in entry else ""
+        print(f"  {name:16s} {entry['library']}.{entry['class']}{params}; quantization: {qtext}")
+    for name, plan in plans.items():
+        print()
+        print(plan.summary())
+        if not args.summary_only:
+            print(plan.table())
+    return 0

@@ -1,0 +1,51 @@
+"""Describe a model directory and the quantization plan it would get, without loading weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from quantomni.config.base import DENOISER_COMPONENTS
+from quantomni.models.base import GENERIC
+from quantomni.models.registry import adapter_for_class
+from quantomni.pipeline.backends import BackendRequest
+from quantomni.pipeline.loader import build_empty_model
+from quantomni.pipeline.model_index import read_model_index
+from quantomni.pipeline.omni import merge_quantization_args
+from quantomni.pipeline.planner import plan_component
+from quantomni.pipeline.runtime import resolve_device, resolve_dtype
+
+
+def inspect_model(model, quantization=None, quantization_config=None, linear_backend="auto", dtype="bfloat16",
+                  device=None) -> dict[str, Any]:
+    """Return components, detected/requested quantization and the per-layer plan (meta device only)."""
+    root = Path(model)
+    cfg = merge_quantization_args(quantization, quantization_config)
+    index = read_model_index(root)
+    resolved = cfg.resolve(list(index.components))
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    backends = BackendRequest.parse(linear_backend)
+    adapter = adapter_for_class(index.pipeline_class, generic_ok=True)
+    components = {}
+    plans = {}
+    for name, (library, class_name) in index.components.items():
+        entry: dict[str, Any] = {"library": library, "class": class_name, "quantization": None}
+        is_model = (root / name / "config.json").is_file()
+        if is_model and library == "diffusers" and (name in resolved or name in DENOISER_COMPONENTS):
+            module = build_empty_model(index.component_class(name), root / name)
+            comp_adapter = adapter if name in DENOISER_COMPONENTS else GENERIC
+            plan = plan_component(module, name, resolved.get(name), comp_adapter, dev, dt, backends)
+            plans[name] = plan
+            entry["quantization"] = plan.to_dict(with_layers=False)
+            entry["parameters"] = sum(p.numel() for p in module.parameters())
+        elif name in resolved and resolved[name] is not None:
+            entry["quantization"] = {"method": resolved[name].method, "note": "planned at load (non-diffusers component)"}
+        components[name] = entry
+    return {
+        "model": str(root),
+        "pipeline": index.pipeline_class,
+        "architecture": adapter.name,
+        "requested_quantization": cfg.to_dict(),
+        "components": components,
+        "plans": plans,
+    }

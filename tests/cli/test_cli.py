@@ -1,0 +1,53 @@
+import json
+
+from PIL import Image
+
+from quantomni.cli.main import main
+
+
+def test_generate_writes_image_and_reports(demo_model_dir, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    rc = main(["generate", "--model", str(demo_model_dir("flux")), "--quantization", "fp8", "--prompt", "a cat",
+               "--height", "32", "--width", "32", "--num-inference-steps", "2", "--seed", "42", "--output", str(out),
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    assert Image.open(out).size == (32, 32)
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantization"]["transformer"]["quantized_layers"] > 0
+
+
+def test_generate_with_quantization_config_file(demo_model_dir, tmp_path):
+    cfg = tmp_path / "q.json"
+    cfg.write_text(json.dumps({"transformer": {"method": "int8", "ignored_layers": ["*.ff.*"]}}))
+    rc = main(["generate", "--model", str(demo_model_dir("flux")), "--quantization-config", str(cfg), "--prompt", "x",
+               "--height", "32", "--width", "32", "--num-inference-steps", "1", "--output", str(tmp_path / "o.png"),
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0
+
+
+def test_inspect_text_and_json(demo_model_dir, capsys):
+    model = str(demo_model_dir("sd3"))
+    assert main(["inspect", model, "-q", "int8"]) == 0
+    text = capsys.readouterr().out
+    assert "SD3Transformer2DModel" in text and "sensitive: sd3" in text and "int8" in text
+    assert main(["inspect", model, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["components"]["transformer"]["quantization"]["method"] is None
+    assert info["plans"]["transformer"]["layers"]
+
+
+def test_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "x", "--device", "cpu"]) == 2
+    assert "no model_index.json" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path), "-q", "fp9"]) == 2
+    assert "unknown quantization method 'fp9'" in capsys.readouterr().err
+
+
+def test_demo_model_and_demo(tmp_path, capsys):
+    assert main(["demo-model", str(tmp_path / "m"), "--arch", "flux"]) == 0
+    assert (tmp_path / "m" / "model_index.json").is_file()
+    assert main(["demo", "--out", str(tmp_path / "d"), "--repeats", "1", "--size", "32", "--num-inference-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "PSNR vs BF16" in out and "fp8" in out and "int8" in out
+    report = json.loads((tmp_path / "d" / "report.json").read_text())
+    assert [r["method"] for r in report["rows"]] == ["bf16", "fp8", "int8"]
