@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--m", type=int, default=4608)
     ap.add_argument("--out", default="bench_linear.json")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--commit", default=None, help="commit of the tree (the device copy has no .git)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
@@ -143,7 +144,7 @@ def main() -> int:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
-        "commit": commit(),
+        "commit": args.commit or commit(),
         "timer": "triton.testing.do_bench median",
     }
     with open(args.out, "w") as fh:
