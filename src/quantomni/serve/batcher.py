@@ -168,6 +168,10 @@ class Batcher:
         log.info("request cancelled (%s) after %.2fs", reason, time.monotonic() - job.enqueued_at)
 
     @property
+    def worker_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def queue_depth(self) -> int:
         with self._cond:
             return len(self._queue)
@@ -190,12 +194,17 @@ class Batcher:
                 self._cond.wait()
             if self._stopping:
                 return None
-            if len(self._queue) < self.settings.max_batch_size and self.settings.batch_window_s > 0:
-                self._cond.wait(self.settings.batch_window_s)  # let concurrent arrivals join
-                if self._stopping:
-                    return None
-                if not self._queue:  # all withdrawn meanwhile
-                    return _Batch(jobs=[])
+            # Let concurrent arrivals join for a moment (bounded by batch_window_s).
+            deadline = time.monotonic() + self.settings.batch_window_s
+            while len(self._queue) < self.settings.max_batch_size and not self._stopping:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            if self._stopping:
+                return None
+            if not self._queue:  # all withdrawn meanwhile
+                return _Batch(jobs=[])
             first = self._queue.popleft()
             jobs = [first]
             for job in list(self._queue):
