@@ -40,6 +40,8 @@ class FakeEngine:
     """Honours cancel_event between 'steps', fails on FAIL_PROMPT, records what it saw."""
 
     step_delay_s: float = 0.0
+    gate: threading.Event | None = None
+    """When given, generate blocks (ignoring cancellation) until it is set: simulates a long step."""
     model_id: str = MODEL_ID
     batch_sizes: list = field(default_factory=list)
     received_prompts: list = field(default_factory=list)
@@ -70,6 +72,8 @@ class FakeEngine:
             self.received_prompts.extend(prompt)
         self.started.set()
         try:
+            if self.gate is not None:
+                self.gate.wait(10)
             assert len(seed) == len(prompt)
             assert negative_prompt is None or len(negative_prompt) == len(prompt)
             if any(FAIL_PROMPT in p for p in prompt):
