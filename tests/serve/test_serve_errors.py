@@ -55,6 +55,7 @@ def server():
     ({"response_format": "url"}, "response_format", "b64_json"),
     ({"seed": -1}, "seed", "out of range"),
     ({"guidance_scale": -1.0}, "guidance_scale", "out of range"),
+    ({"stream": True}, "stream", "not supported"),
 ])
 def test_serve_error_400_bounds(server, patch, param, contains):
     client, _ = server
@@ -192,6 +193,20 @@ def test_serve_error_504_timeout_cancels_running_and_queued():
         assert "waiting" not in engine.received_prompts  # dropped while queued
         with httpx.Client(base_url=handle.url, timeout=20) as c:
             assert c.post(GEN, json=OK_BODY).status_code == 200
+
+
+class _WrongCountEngine(FakeEngine):
+    def generate(self, *args, **kwargs):
+        result = super().generate(*args, **kwargs)
+        result.images = result.images[:-1]
+        return result
+
+
+def test_serve_error_500_engine_contract_violation():
+    with running_server(_WrongCountEngine()) as (handle, _):
+        with httpx.Client(base_url=handle.url, timeout=10) as client:
+            assert_error(client.post(GEN, json=OK_BODY), 500, None, "expected 1")
+            assert client.get("/health").json()["status"] == "ok"
 
 
 def test_serve_error_raw_socket_garbage_keeps_serving(server):

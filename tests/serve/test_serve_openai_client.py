@@ -45,7 +45,13 @@ def test_serve_openai_generate_png_deterministic(server):
     assert [d.b64_json for d in first.data] == [d.b64_json for d in second.data]
     other_seed = client.images.generate(**{**kwargs, "extra_body": {"seed": 2, "num_inference_steps": 2}})
     assert other_seed.data[0].b64_json != first.data[0].b64_json
+    unseeded = client.images.generate(model=MODEL_ID, prompt="a red fox", size="64x64",
+                                      extra_body={"num_inference_steps": 1}).model_dump()
+    reproduced = client.images.generate(model=MODEL_ID, prompt="a red fox", size="64x64",
+                                        extra_body={"num_inference_steps": 1, "seed": unseeded["seed"]})
+    assert reproduced.data[0].b64_json == unseeded["data"][0]["b64_json"]
     raw = first.model_dump()
+    assert raw["seed"] == 1
     assert raw["timings"]["total_s"] >= 0 and "queue_s" in raw["timings"]
 
 

@@ -204,6 +204,7 @@ def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> Fa
             "data": [{"b64_json": data} for data in images_b64],
             "output_format": params.output_format,
             "size": f"{params.width}x{params.height}",
+            "seed": params.seed,
             "timings": timings,
             "usage": {"images": len(images_b64), "batch_size": result.batch_size,
                       "num_inference_steps": params.num_inference_steps,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -72,6 +73,7 @@ class ImageGenerationRequest(BaseModel):
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     seed: int | None = None
+    stream: bool | None = None
     # Accepted for OpenAI-client compatibility and ignored (they describe hosted models).
     user: str | None = None
     quality: str | None = None
@@ -88,7 +90,7 @@ class GenerationParams:
     width: int
     num_inference_steps: int
     guidance_scale: float | None
-    seed: int | None
+    seed: int
     n: int
     output_format: str
 
@@ -114,6 +116,9 @@ def parse_size(size: str, settings: ServeSettings, param: str = "size") -> tuple
 
 def validate_generation(req: ImageGenerationRequest, settings: ServeSettings) -> GenerationParams:
     """Check value bounds; raise APIError(400) naming the field, its value and what is allowed."""
+    if req.stream:
+        raise APIError(400, "stream=true is not supported: images are returned whole, as b64_json.",
+                       param="stream", code="unsupported_stream")
     if req.response_format == "url":
         raise APIError(400, "response_format='url' is not supported: this server does not host files; "
                        "use response_format='b64_json' (the default).", param="response_format",
@@ -141,9 +146,12 @@ def validate_generation(req: ImageGenerationRequest, settings: ServeSettings) ->
                        param="guidance_scale")
     if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
         raise APIError(400, f"seed={req.seed} is out of range: allowed 0..{MAX_SEED}.", param="seed")
+    # Draw the seed here rather than in the engine so the response can report it: every
+    # answer can be reproduced by sending its seed back.
+    seed = secrets.randbelow(2**32) if req.seed is None else req.seed
     return GenerationParams(
         prompt=req.prompt, negative_prompt=req.negative_prompt, height=height, width=width,
-        num_inference_steps=steps, guidance_scale=guidance, seed=req.seed, n=n,
+        num_inference_steps=steps, guidance_scale=guidance, seed=seed, n=n,
         output_format=req.output_format or "png",
     )
 

@@ -51,10 +51,20 @@ def _log_startup(engine: ImageEngine, settings: ServeSettings) -> None:
                     settings.host)
 
 
+def _ensure_log_output(level: str) -> None:
+    """Make the start-up summary visible when the caller configured no logging."""
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(level.upper())
+
+
 def run_server(engine: ImageEngine, settings: ServeSettings | None = None) -> None:
     """Serve until interrupted (blocking)."""
     settings = settings or ServeSettings()
     uvicorn = _uvicorn()
+    _ensure_log_output(settings.log_level)
     app = create_app(engine, settings)
     _log_startup(engine, settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
