@@ -178,11 +178,12 @@ def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> Fa
                                          return_when=asyncio.FIRST_COMPLETED)
             if job.future not in done:
                 if watcher in done:
-                    batcher.cancel(job, "disconnect")
-                    return Response(status_code=CLIENT_CLOSED_REQUEST)
-                batcher.cancel(job, "timeout")
-                raise APIError(504, f"Request timed out after {settings.request_timeout_s:g} s "
-                               f"(queue + generation) and was cancelled.", code="timeout")
+                    if batcher.cancel(job, "disconnect"):
+                        return Response(status_code=CLIENT_CLOSED_REQUEST)
+                elif batcher.cancel(job, "timeout"):
+                    raise APIError(504, f"Request timed out after {settings.request_timeout_s:g} s "
+                                   f"(queue + generation) and was cancelled.", code="timeout")
+                await asyncio.wait({job.future})  # finished just now: its result is on the way
             try:
                 result: JobResult = job.future.result()
             except GenerationFailed as exc:

@@ -151,9 +151,15 @@ class Batcher:
             self._cond.notify_all()
         return job
 
-    def cancel(self, job: Job, reason: str) -> None:
-        """Withdraw a job (timeout, disconnect); safe from any thread, idempotent."""
+    def cancel(self, job: Job, reason: str) -> bool:
+        """Withdraw a job (timeout, disconnect); safe from any thread, idempotent.
+
+        Returns False when the job had already finished (its result is on its way to the
+        future), True when it was withdrawn now or earlier.
+        """
         with self._cond:
+            if job.state == "finished":
+                return False
             if job.state == "queued":
                 self._queue.remove(job)
                 job.state = "cancelled"
@@ -163,9 +169,10 @@ class Batcher:
                 if batch is not None and all(j.state == "cancelled" for j in batch.jobs):
                     batch.cancel_event.set()
             else:
-                return
+                return True
         self.metrics.count_cancelled(reason)
         log.info("request cancelled (%s) after %.2fs", reason, time.monotonic() - job.enqueued_at)
+        return True
 
     @property
     def worker_alive(self) -> bool:
