@@ -70,6 +70,18 @@ def test_serve_error_400_nan_guidance_and_bad_json(server):
                  "guidance_scale")
     assert_error(client.post(GEN, content="{not json", headers={"content-type": "application/json"}),
                  400, None, "not valid JSON")
+    assert_error(client.post(GEN, content=b"\xff\xfe", headers={"content-type": "application/json"}),
+                 400, None, "not valid JSON")
+    assert_error(client.post(GEN, content=""), 400, None, "empty")
+
+
+def test_serve_json_body_accepted_whatever_the_content_type(server):
+    client, _ = server
+    raw = json.dumps(OK_BODY)
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"content-type": content_type} if content_type else {}
+        resp = client.post(GEN, content=raw, headers=headers)
+        assert resp.status_code == 200, resp.text
 
 
 @pytest.mark.parametrize("patch, param", [
@@ -91,7 +103,8 @@ def test_serve_error_422_wrong_types(server, patch, param):
 def test_serve_error_422_missing_prompt_and_non_object(server):
     client, _ = server
     assert_error(client.post(GEN, json={"size": "32x32"}), 422, "prompt", "Missing required field")
-    assert_error(client.post(GEN, json=["a"]), 422, None)
+    assert_error(client.post(GEN, json=["a"]), 422, None, "JSON object")
+    assert_error(client.post(GEN, json="a"), 422, None, "JSON object")
 
 
 def test_serve_error_404_model_and_route(server):

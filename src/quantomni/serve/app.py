@@ -26,7 +26,7 @@ from .batcher import Batcher, GenerationFailed, JobResult, QueueFullError, Shutt
 from .engine import ImageEngine
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import GatewayMiddleware
-from .schemas import (APIError, ImageGenerationRequest, error_body, parse_size, reshape_validation_errors,
+from .schemas import (APIError, error_body, parse_generation_body, parse_size, reshape_validation_errors,
                       validate_generation)
 from .settings import ServeSettings, ServeSettingsError
 
@@ -159,8 +159,9 @@ def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> Fa
         return model_card(engine, description, created)
 
     @app.post("/v1/images/generations")
-    async def generate_images(request: Request, body: ImageGenerationRequest) -> Response:
+    async def generate_images(request: Request) -> Response:
         started = time.perf_counter()
+        body = parse_generation_body(await request.body())
         if body.model is not None and body.model != engine.model_id:
             raise _model_not_found(body.model, engine.model_id)
         params = validate_generation(body, settings)

@@ -16,7 +16,9 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .settings import ServeSettings
 
@@ -78,6 +80,28 @@ class ImageGenerationRequest(BaseModel):
     user: str | None = None
     quality: str | None = None
     style: str | None = None
+
+
+def parse_generation_body(raw: bytes) -> ImageGenerationRequest:
+    """Raw body -> request model. JSON whatever the Content-Type (curl -d sends form type).
+
+    Empty or malformed JSON -> 400; a JSON value that is not an object or has wrong field
+    types -> 422 naming the field.
+    """
+    if not raw.strip():
+        raise APIError(400, "Request body is empty: send a JSON object with at least 'prompt'.",
+                       code="empty_body")
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise APIError(400, f"Request body is not valid JSON ({exc}).", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(422, f"Request body must be a JSON object, got {type(data).__name__}.",
+                       code="invalid_body")
+    try:
+        return ImageGenerationRequest.model_validate(data)
+    except ValidationError as exc:
+        raise reshape_validation_errors(exc.errors()) from None
 
 
 @dataclass(frozen=True)
