@@ -124,3 +124,35 @@ def test_serve_describe_summary_lists_components():
     text = describe_summary(FakeEngine().describe())
     assert "transformer" in text and "fp8" in text and "12 quantized layers" in text
     assert "unquantized" in text
+
+
+def test_serve_metrics_device_memory_when_cuda_is_there(monkeypatch):
+    from types import SimpleNamespace
+
+    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 2,
+                           memory_allocated=lambda i: 100 + i, memory_reserved=lambda i: 200 + i,
+                           max_memory_allocated=lambda i: 300 + i)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    samples = parse_exposition(Metrics().render(queue_depth=0, running=0))
+    assert samples[("quantomni_device_memory_allocated_bytes", frozenset({("device", "1")}))] == 101
+    assert samples[("quantomni_device_memory_max_allocated_bytes", frozenset({("device", "0")}))] == 300
+
+    def broken():
+        raise RuntimeError("driver gone")
+
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=SimpleNamespace(is_available=broken)))
+    assert "device_memory" not in Metrics().render(queue_depth=0, running=0)  # a scrape never fails
+
+
+class _OddDescribeEngine(FakeEngine):
+    def describe(self):
+        info = super().describe()
+        info["dtype"] = object()  # e.g. a torch.dtype: not JSON-serialisable
+        return info
+
+
+def test_serve_models_with_non_json_describe():
+    with running_server(_OddDescribeEngine()) as (handle, _):
+        with httpx.Client(base_url=handle.url, timeout=10) as client:
+            resp = client.get("/v1/models")
+            assert resp.status_code == 200 and "object" in resp.json()["data"][0]["metadata"]["dtype"]
