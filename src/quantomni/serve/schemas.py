@@ -10,15 +10,17 @@ bounds that depend on :class:`ServeSettings` are checked in ``validate_generatio
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import json
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+try:
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("quantomni serve needs pydantic: pip install 'quantomni[serve]'") from exc
 
 from .settings import ServeSettings
 
