@@ -29,8 +29,8 @@ from .batcher import Batcher, GenerationFailed, JobResult, QueueFullError, Shutt
 from .engine import ImageEngine
 from .metrics import CONTENT_TYPE, Metrics
 from .middleware import GatewayMiddleware
-from .schemas import (APIError, error_body, parse_generation_body, parse_size, reshape_validation_errors,
-                      validate_generation)
+from .schemas import (APIError, ImageData, ImageGenerationResponse, error_body, parse_generation_body,
+                      parse_size, reshape_validation_errors, validate_generation)
 from .settings import ServeSettings, ServeSettingsError
 
 log = logging.getLogger("quantomni.serve")
@@ -204,18 +204,18 @@ def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> Fa
         timings = dict(result.timings)
         timings["encode_s"] = time.perf_counter() - encode_started
         timings["request_s"] = time.perf_counter() - started
-        payload = {
-            "created": int(time.time()),
-            "data": [{"b64_json": data} for data in images_b64],
-            "output_format": params.output_format,
-            "size": f"{params.width}x{params.height}",
-            "seed": params.seed,
-            "timings": timings,
-            "usage": {"images": len(images_b64), "batch_size": result.batch_size,
-                      "num_inference_steps": params.num_inference_steps,
-                      "peak_memory_bytes": result.peak_memory_bytes},
-        }
-        return JSONResponse(payload)
+        payload = ImageGenerationResponse(
+            created=int(time.time()),
+            data=[ImageData(b64_json=data) for data in images_b64],
+            output_format=params.output_format,
+            size=f"{params.width}x{params.height}",
+            seed=params.seed,
+            timings=timings,
+            usage={"images": len(images_b64), "batch_size": result.batch_size,
+                   "num_inference_steps": params.num_inference_steps,
+                   "peak_memory_bytes": result.peak_memory_bytes},
+        )
+        return JSONResponse(payload.model_dump())
 
     return app
 

@@ -187,10 +187,13 @@ class ImageData(BaseModel):
 
 
 class ImageGenerationResponse(BaseModel):
+    """OpenAI's ``created``/``data`` plus what a self-hosted diffusion server can tell."""
+
     created: int
     data: list[ImageData]
     output_format: str
     size: str
+    seed: int
     timings: dict[str, float]
     usage: dict[str, Any] = Field(default_factory=dict)
 
