@@ -101,12 +101,12 @@ class FakeEngine:
 
 
 @contextmanager
-def running_server(engine=None, **settings_kwargs):
+def running_server(engine=None, graceful_shutdown_s=2.0, **settings_kwargs):
     """A real uvicorn server on 127.0.0.1 (free port) around a FakeEngine."""
     engine = engine or FakeEngine()
     settings_kwargs.setdefault("api_key", None)
     settings = ServeSettings(**settings_kwargs)
-    handle = start_background_server(engine, settings)
+    handle = start_background_server(engine, settings, graceful_shutdown_s=graceful_shutdown_s)
     try:
         yield handle, engine
     finally:

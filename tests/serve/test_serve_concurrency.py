@@ -207,3 +207,19 @@ def test_serve_disconnect_in_shared_batch_does_not_fail_the_others():
         blocker.join(10)
         assert results["stayer"].status_code == 200
         assert "stayer" in engine.completed_prompts and engine.cancelled_prompts == []
+
+
+def test_serve_shutdown_answers_in_flight_requests_503():
+    engine = FakeEngine(step_delay_s=0.02)
+    results = {}
+    with running_server(engine, graceful_shutdown_s=0.3, max_batch_size=1) as (handle, _):
+        threads = [post_in_thread(handle.url, body("running", steps=150), results, "running")]
+        assert engine.started.wait(5)
+        threads.append(post_in_thread(handle.url, body("queued", size="48x48"), results, "queued"))
+        assert wait_until(lambda: handle.app.state.batcher.queue_depth == 1)
+    for t in threads:
+        t.join(10)
+    for name in ("running", "queued"):
+        assert results[name].status_code == 503, results[name]
+        assert results[name].json()["error"]["code"] == "shutting_down"
+    assert "running" in engine.cancelled_prompts and "queued" not in engine.received_prompts

@@ -194,6 +194,13 @@ def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> Fa
                 raise APIError(500, f"Image generation failed: {exc}", code="generation_failed") from None
             except ShuttingDownError as exc:
                 raise APIError(503, f"Service unavailable: {exc}.", code="shutting_down") from None
+        except asyncio.CancelledError:
+            # uvicorn cancels in-flight requests when its graceful-shutdown time is up:
+            # withdraw the job and say so, instead of a bare "Internal Server Error".
+            batcher.cancel(job, "shutdown")
+            error = APIError(503, "The server is shutting down; the request was cancelled.",
+                             code="shutting_down")
+            return JSONResponse(error.body(), status_code=503)
         finally:
             watcher.cancel()
             if not job.future.done():

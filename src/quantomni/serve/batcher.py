@@ -142,6 +142,8 @@ class Batcher:
         """Queue a job (call from the event loop); its ``future`` resolves to a JobResult."""
         loop = asyncio.get_running_loop()
         job = Job(params=params, loop=loop, future=loop.create_future(), key=BatchKey.of(params))
+        if self._thread is None and not self._stopping:
+            self.start()  # e.g. an ASGI server run without lifespan events
         with self._cond:
             if self._stopping:
                 raise ShuttingDownError("the server is shutting down")

@@ -91,8 +91,12 @@ class BackgroundServer:
 
 
 def start_background_server(engine: ImageEngine, settings: ServeSettings | None = None,
-                            startup_timeout_s: float = 15.0) -> BackgroundServer:
-    """Start a real uvicorn server on ``settings.host`` and a free port, in a daemon thread."""
+                            startup_timeout_s: float = 15.0,
+                            graceful_shutdown_s: float = 2.0) -> BackgroundServer:
+    """Start a real uvicorn server on ``settings.host`` and a free port, in a daemon thread.
+
+    On ``stop()`` requests still in flight after ``graceful_shutdown_s`` are answered 503.
+    """
     settings = settings or ServeSettings()
     uvicorn = _uvicorn()
     app = create_app(engine, settings)
@@ -100,7 +104,8 @@ def start_background_server(engine: ImageEngine, settings: ServeSettings | None 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
+    config = uvicorn.Config(app, log_level="critical", timeout_graceful_shutdown=graceful_shutdown_s,
+                            lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="quantomni-uvicorn",
                               daemon=True)
