@@ -70,3 +70,34 @@ def test_serve_batcher_cancel_semantics():
             await asyncio.to_thread(batcher.stop)
 
     asyncio.run(main())
+
+
+def test_serve_batcher_max_batch_images_caps_requests_times_n():
+    async def main():
+        gate = threading.Event()
+        engine = FakeEngine(gate=gate)
+        batcher = Batcher(engine, ServeSettings(api_key=None, max_batch_size=8, max_batch_images=5))
+        batcher.start()
+        try:
+            jobs = [batcher.submit(params("blocker", size=64))]
+            assert await asyncio.to_thread(engine.started.wait, 5)
+            jobs += [batcher.submit(params(f"p{i}", n=2, seed=i)) for i in range(5)]
+            gate.set()
+            for job in jobs:
+                assert len((await asyncio.wait_for(job.future, 5)).images) == job.params.n
+            assert engine.batch_sizes == [1, 2, 2, 1]  # 5 images // n=2 -> 2 requests per call
+        finally:
+            await asyncio.to_thread(batcher.stop)
+
+    asyncio.run(main())
+
+
+def test_serve_engine_protocol_and_create_app_checks():
+    from quantomni.serve.app import create_app
+    from quantomni.serve.engine import ImageEngine
+
+    assert isinstance(FakeEngine(), ImageEngine)
+    with pytest.raises(TypeError, match="lacks describe, generate"):
+        create_app(type("NotAnEngine", (), {"model_id": "x"})(), ServeSettings(api_key=None))
+    with pytest.raises(TypeError, match="model_id"):
+        create_app(FakeEngine(model_id=""), ServeSettings(api_key=None))

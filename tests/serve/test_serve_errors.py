@@ -230,3 +230,14 @@ def test_serve_error_raw_socket_garbage_keeps_serving(server):
         sock.recv(1024)
     resp = client.post(GEN, content=json.dumps(OK_BODY), headers={"content-type": "application/json"})
     assert resp.status_code == 200
+
+
+def test_serve_no_request_field_touches_the_filesystem(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with running_server(FakeEngine()) as (handle, _):
+        with httpx.Client(base_url=handle.url, timeout=10) as client:
+            for patch in ({"prompt": "../../etc/passwd"}, {"model": "/etc/passwd"}, {"user": "out.png"},
+                          {"output_format": "../x.png"}, {"size": "../64x64"}):
+                client.post(GEN, json={**OK_BODY, **patch})
+            assert client.post(GEN, json={**OK_BODY, "prompt": "./out.png"}).status_code == 200
+    assert list(tmp_path.iterdir()) == []

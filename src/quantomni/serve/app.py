@@ -86,7 +86,18 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
+def _check_engine(engine: object) -> None:
+    missing = [name for name in ("model_id", "describe", "generate") if not hasattr(engine, name)]
+    if missing:
+        raise TypeError(f"{type(engine).__name__} is not an ImageEngine: it lacks {', '.join(missing)} "
+                        "(see quantomni.serve.engine.ImageEngine)")
+    if not isinstance(engine.model_id, str) or not engine.model_id:
+        raise TypeError(f"engine.model_id={engine.model_id!r}: must be a non-empty string")
+
+
 def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> FastAPI:
+    """The app; its lifespan starts and stops the engine worker thread."""
+    _check_engine(engine)
     settings = settings or ServeSettings()
     try:
         parse_size(settings.default_size, settings, param="default_size")

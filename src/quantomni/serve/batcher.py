@@ -6,7 +6,8 @@ thread ever calls it, and the asyncio event loop stays free to accept, validate,
 
 Batching: the worker takes the oldest queued job, then every other queued job with the
 same :class:`BatchKey` (height, width, steps, guidance, n), oldest first, up to
-``max_batch_size`` jobs, and hands them to one ``generate`` call.
+``max_batch_size`` jobs (and ``max_batch_images`` images when set), and hands them to
+one ``generate`` call.
 
 Cancellation (timeout or client disconnect), see :meth:`Batcher.cancel`:
 - a queued job is removed from the queue: the engine never sees it;
@@ -216,8 +217,11 @@ class Batcher:
                 return _Batch(jobs=[])
             first = self._queue.popleft()
             jobs = [first]
+            limit = self.settings.max_batch_size
+            if self.settings.max_batch_images is not None:
+                limit = min(limit, max(1, self.settings.max_batch_images // first.key.num_images))
             for job in list(self._queue):
-                if len(jobs) >= self.settings.max_batch_size:
+                if len(jobs) >= limit:
                     break
                 if job.key == first.key:
                     self._queue.remove(job)

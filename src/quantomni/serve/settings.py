@@ -29,6 +29,8 @@ class ServeSettings:
     """Bearer token required on every /v1 route; None = open. Empty string counts as None."""
     max_batch_size: int = 4
     """Most requests (prompts) the worker hands to one ``generate`` call."""
+    max_batch_images: int | None = None
+    """Optional cap on images per ``generate`` call (requests x n); None = max_batch_size x n."""
     batch_window_s: float = 0.005
     """How long the worker waits for compatible requests after taking the first one."""
     max_queue: int = 64
@@ -64,6 +66,10 @@ class ServeSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ServeSettingsError(f"ServeSettings.{name}={value!r}: must be an integer >= 1")
+        if self.max_batch_images is not None and (
+                not isinstance(self.max_batch_images, int) or self.max_batch_images < 1):
+            raise ServeSettingsError(
+                f"ServeSettings.max_batch_images={self.max_batch_images!r}: must be None or an integer >= 1")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ServeSettingsError(f"ServeSettings.port={self.port!r}: must be an integer in 0..65535")
         if not self.request_timeout_s > 0:
