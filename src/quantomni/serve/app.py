@@ -36,7 +36,6 @@ from .settings import ServeSettings, ServeSettingsError
 log = logging.getLogger("quantomni.serve")
 
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention; recorded in metrics, never delivered
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
 def _json_safe(value: Any) -> Any:
@@ -79,7 +78,7 @@ def encode_image(image: Any, output_format: str) -> str:
 
 
 async def _wait_for_disconnect(request: Request) -> None:
-    """Returns when the client goes away (the body was already read by FastAPI)."""
+    """Returns when the client goes away (call after the body has been read)."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
