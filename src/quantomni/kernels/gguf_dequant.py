@@ -65,9 +65,10 @@ def _q4_1(b):
 
 
 def _q5_high(b, start):
-    qh = _i32(b, start, start + 4)
-    word = qh[:, 0] | (qh[:, 1] << 8) | (qh[:, 2] << 16) | (qh[:, 3].to(torch.int64) << 24).to(torch.int32)
-    return _bits(word.unsqueeze(-1).to(torch.int64), 32).squeeze(-1).to(torch.int32)  # [n, 32]
+    """The u32 of 5th bits at byte ``start`` -> [n, 32] (bit j belongs to weight j)."""
+    qh = b[:, start : start + 4].to(torch.int64)
+    word = qh[:, 0] | (qh[:, 1] << 8) | (qh[:, 2] << 16) | (qh[:, 3] << 24)
+    return _bits(word.unsqueeze(-1), 32).squeeze(-1).to(torch.int32)
 
 
 def _q5_0(b):
