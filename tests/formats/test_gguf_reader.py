@@ -1,0 +1,123 @@
+"""GGUF reader: valid files round-trip; every malformed variant of a valid file is a clear error."""
+
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gguf_fixtures import patched, quantize_array, tensor_info_offsets, write_gguf  # noqa: E402
+from gguf import GGMLQuantizationType as QT  # noqa: E402
+
+from quantomni.formats.gguf_file import GGUFFormatError, GGUFLargeArray, read_gguf  # noqa: E402
+
+
+@pytest.fixture()
+def sample(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    sd = {
+        "a.weight": torch.randn(8, 64, generator=g),
+        "a.bias": torch.randn(8, generator=g),
+        "b.weight": torch.randn(4, 3, 32, generator=g),
+        "c.weight": torch.randn(2, 256, generator=g),
+    }
+    qtypes = {"a.weight": QT.Q8_0, "a.bias": QT.F32, "b.weight": QT.F16, "c.weight": QT.Q4_K}
+    path = tmp_path / "m.gguf"
+    write_gguf(path, sd, arch="flux", qtype_policy=lambda n, t: qtypes[n],
+               metadata={"test.note": "hello", "test.small": [1, 2, 3], "test.big": list(range(2000))})
+    return path, sd, qtypes
+
+
+def test_valid_file_roundtrip(sample):
+    path, sd, qtypes = sample
+    ck = read_gguf(path)
+    assert ck.architecture == "flux"
+    assert ck.metadata["test.note"] == "hello" and ck.metadata["test.small"] == [1, 2, 3]
+    assert isinstance(ck.metadata["test.big"], GGUFLargeArray) and ck.metadata["test.big"].count == 2000
+    assert set(ck.tensors) == set(sd)
+    for name, t in sd.items():
+        info = ck.tensors[name]
+        assert info.shape == tuple(t.shape) and info.qtype == qtypes[name]
+    torch.testing.assert_close(ck.plain("a.bias"), sd["a.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(ck.plain("b.weight", torch.float32), sd["b.weight"].half().float(), rtol=0, atol=0)
+    packed = ck.packed("a.weight")
+    assert packed.dtype == torch.uint8 and packed.shape == (8, 2 * 34)
+    assert np.array_equal(packed.numpy(), quantize_array(sd["a.weight"].numpy(), QT.Q8_0))
+    assert ck.packed("c.weight").shape == (2, 144)
+    # zero-copy: all tensors are views of one file mapping
+    assert ck.packed("c.weight").untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()
+    with pytest.raises(ValueError, match="quantized"):
+        ck.plain("a.weight")
+    with pytest.raises(KeyError, match="nope"):
+        ck.packed("nope")
+
+
+def _write(tmp_path, data: bytes, name="bad.gguf"):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def _expect(tmp_path, data, match):
+    p = _write(tmp_path, data)
+    with pytest.raises(GGUFFormatError, match=match) as ei:
+        read_gguf(p)
+    assert str(p) in str(ei.value)
+    return ei.value
+
+
+def test_truncated_everywhere(sample, tmp_path):
+    data = sample[0].read_bytes()
+    ck = read_gguf(sample[0])
+    cut_points = [0, 3, 10, 23, 30, 200, ck.data_offset - 40, ck.data_offset + 10, len(data) - 1]
+    for cut in cut_points:
+        _expect(tmp_path, data[:cut], "truncated|too small|past the end")
+
+
+def test_wrong_magic_and_version(sample, tmp_path):
+    data = sample[0].read_bytes()
+    _expect(tmp_path, b"GGML" + data[4:], "not a GGUF file")
+    _expect(tmp_path, patched(data, 4, "<I", 1), "version 1 is not supported")
+    _expect(tmp_path, patched(data, 4, ">I", 3), "big-endian")
+
+
+def test_absurd_counts_do_not_allocate(sample, tmp_path):
+    data = sample[0].read_bytes()
+    _expect(tmp_path, patched(data, 8, "<Q", 2**40), "tensor count 1099511627776 cannot fit")
+    _expect(tmp_path, patched(data, 16, "<Q", 2**62), "metadata count .* cannot fit")
+    big = data.index(b"test.big") + len(b"test.big") + 4 + 4  # key, value type, item type
+    _expect(tmp_path, patched(data, big, "<Q", 2**50), "array of .* items cannot fit")
+
+
+def test_bad_tensor_records(sample, tmp_path):
+    data = sample[0].read_bytes()
+    off = tensor_info_offsets(data, "a.weight", 2)
+    _expect(tmp_path, patched(data, off["type"], "<I", 999), "'a.weight' has unknown quantization type id 999")
+    _expect(tmp_path, patched(data, off["offset"], "<Q", 2**20), "'a.weight' data .* past the end")
+    _expect(tmp_path, patched(data, off["offset"], "<Q", 7), "not a multiple of the alignment")
+    _expect(tmp_path, patched(data, off["n_dims"], "<I", 5), "n_dims=5")
+    _expect(tmp_path, patched(data, off["ne"], "<Q", 0), "dims")
+    _expect(tmp_path, patched(data, off["ne"], "<Q", 48), "not a multiple of its block size 32")
+    # point a.bias at a.weight's data: overlap
+    bias = tensor_info_offsets(data, "a.bias", 1)
+    w_rel = struct.unpack_from("<Q", data, off["offset"])[0]
+    _expect(tmp_path, patched(data, bias["offset"], "<Q", w_rel), "overlap")
+
+
+def test_duplicate_tensor_name(tmp_path):
+    path = tmp_path / "dup.gguf"
+    write_gguf(path, {"x.weight": torch.ones(4, 32), "y.weight": torch.ones(4, 32)})
+    data = path.read_bytes().replace(b"y.weight", b"x.weight")
+    _expect(tmp_path, data, "'x.weight' appears twice")
+
+
+def test_wrapper_tensor_shape_order(tmp_path):
+    path = tmp_path / "s.gguf"
+    write_gguf(path, {"t": torch.arange(24, dtype=torch.float32).view(2, 3, 4)})
+    ck = read_gguf(path)
+    assert ck.tensors["t"].shape == (2, 3, 4)
+    assert ck.packed("t").shape == (6, 16)
+    assert torch.equal(ck.plain("t"), torch.arange(24, dtype=torch.float32).view(2, 3, 4))
