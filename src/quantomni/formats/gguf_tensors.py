@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
@@ -16,23 +17,22 @@ from quantomni.formats.gguf_names import ArchNameMap, GGUFNameError, TensorEntry
 ORIG_SHAPE_KEY = "comfy.gguf.orig_shape."  # community converters' record of a >4-D tensor's true shape
 
 
+def source_shape(ckpt: GGUFCheckpoint, name: str) -> tuple[int, ...]:
+    """Torch shape of tensor ``name``, honouring a recorded original shape with the same element count."""
+    shape = ckpt.tensors[name].shape
+    orig = ckpt.metadata.get(ORIG_SHAPE_KEY + name)
+    if orig is None:
+        return shape
+    if not (isinstance(orig, list) and orig and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in orig)):
+        raise GGUFFormatError(f"{ckpt.path}: {ORIG_SHAPE_KEY}{name} = {orig!r} is not a list of positive ints")
+    if math.prod(orig) != math.prod(shape):
+        raise GGUFFormatError(f"{ckpt.path}: {ORIG_SHAPE_KEY}{name} = {orig} disagrees with stored shape {list(shape)}")
+    return tuple(orig)
+
+
 def source_shapes(ckpt: GGUFCheckpoint) -> dict[str, tuple[int, ...]]:
-    """Torch shape of every tensor, honouring a recorded original shape with the same element count."""
-    out = {}
-    for name, info in ckpt.tensors.items():
-        shape = info.shape
-        orig = ckpt.metadata.get(ORIG_SHAPE_KEY + name)
-        if isinstance(orig, list) and orig and all(isinstance(d, int) and d > 0 for d in orig):
-            n_orig = n_stored = 1
-            for d in orig:
-                n_orig *= d
-            for d in shape:
-                n_stored *= d
-            if n_orig != n_stored:
-                raise GGUFFormatError(f"{ckpt.path}: {ORIG_SHAPE_KEY}{name} = {orig} disagrees with stored shape {list(shape)}")
-            shape = tuple(orig)
-        out[name] = shape
-    return out
+    """``source_shape`` of every tensor in the file."""
+    return {name: source_shape(ckpt, name) for name in ckpt.tensors}
 
 
 def plan_gguf_load(ckpt: GGUFCheckpoint, name_map: ArchNameMap | None = None) -> tuple[ArchNameMap, list[TensorEntry]]:
@@ -63,19 +63,8 @@ def dense_entry(
     if device is not None:
         packed = packed.to(device)
     dense = dequantize_gguf(packed, info.qtype, info.shape, dtype=torch.float32)
-    dense = dense.reshape(source_shapes_one(ckpt, entry.source))
+    dense = dense.reshape(source_shape(ckpt, entry.source))
     return select_rows(dense, entry).reshape(entry.shape).to(dtype)
-
-
-def source_shapes_one(ckpt: GGUFCheckpoint, name: str) -> tuple[int, ...]:
-    return source_shapes(_Single(ckpt, name))[name]
-
-
-class _Single:
-    """Minimal checkpoint view with one tensor, so source_shapes can be reused per tensor."""
-
-    def __init__(self, ckpt: GGUFCheckpoint, name: str):
-        self.path, self.metadata, self.tensors = ckpt.path, ckpt.metadata, {name: ckpt.tensors[name]}
 
 
 def state_dict_from_gguf(
