@@ -121,3 +121,30 @@ def test_wrapper_tensor_shape_order(tmp_path):
     assert ck.tensors["t"].shape == (2, 3, 4)
     assert ck.packed("t").shape == (6, 16)
     assert torch.equal(ck.plain("t"), torch.arange(24, dtype=torch.float32).view(2, 3, 4))
+
+
+def test_hostile_metadata(sample, tmp_path):
+    data = sample[0].read_bytes()
+    key = b"test.note"
+    klen = data.index(key) - 8  # u64 length before the key
+    _expect(tmp_path, patched(data, klen, "<Q", 2**60), "truncated while reading metadata key")
+    vtype = data.index(key) + len(key)
+    _expect(tmp_path, patched(data, vtype, "<I", 77), "'test.note': unknown value type id 77")
+    _expect(tmp_path, patched(data, vtype + 4, "<Q", 2**61), "truncated while reading string value of 'test.note'")
+
+
+def test_integer_tensor_plain(tmp_path):
+    import gguf
+
+    path = tmp_path / "ints.gguf"
+    w = gguf.GGUFWriter(str(path), "flux")
+    w.add_tensor("ids", np.arange(-6, 6, dtype=np.int32).reshape(3, 4))
+    w.add_tensor("small", np.arange(-3, 5, dtype=np.int8))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ck = read_gguf(path)
+    assert ck.tensors["ids"].qtype == QT.I32 and ck.tensors["small"].qtype == QT.I8
+    assert torch.equal(ck.plain("ids"), torch.arange(-6, 6, dtype=torch.int32).view(3, 4))
+    assert torch.equal(ck.plain("small", torch.float32), torch.arange(-3, 5, dtype=torch.float32))
