@@ -14,6 +14,9 @@ from typing import Callable
 import torch
 
 
+DequantFn = Callable[[torch.Tensor], torch.Tensor]  # uint8 [n_blocks, block_bytes] -> float32 [n_blocks, block_elems]
+
+
 @dataclass(frozen=True)
 class QTypeInfo:
     block_elems: int  # weights per block
@@ -160,73 +163,35 @@ def _iq4_xs(b):
     return (dl.unsqueeze(-1) * _iq4_table(b.device)[q.long()]).reshape(n, 256)
 
 
-def _table() -> dict:
-    T = _qt()
-    return {
-        T.Q8_0: (QTypeInfo(32, 34), _q8_0), T.Q4_0: (QTypeInfo(32, 18), _q4_0),
-        T.Q4_1: (QTypeInfo(32, 20), _q4_1), T.Q5_0: (QTypeInfo(32, 22), _q5_0),
-        T.Q5_1: (QTypeInfo(32, 24), _q5_1), T.Q2_K: (QTypeInfo(256, 84), _q2_k),
-        T.Q3_K: (QTypeInfo(256, 110), _q3_k), T.Q4_K: (QTypeInfo(256, 144), _q4_k),
-        T.Q5_K: (QTypeInfo(256, 176), _q5_k), T.Q6_K: (QTypeInfo(256, 210), _q6_k),
-        T.IQ4_NL: (QTypeInfo(32, 18), _iq4_nl), T.IQ4_XS: (QTypeInfo(256, 136), _iq4_xs),
-    }
+# ggml type id -> (block info, dequantizer). Keyed by int so that this module needs no gguf import;
+# gguf.GGMLQuantizationType is an IntEnum, so its members index these dicts directly.
+_FLOAT_TYPES: dict[int, torch.dtype] = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}
+_BLOCK_TYPES: dict[int, tuple[QTypeInfo, DequantFn]] = {
+    8: (QTypeInfo(32, 34), _q8_0),  # Q8_0
+    2: (QTypeInfo(32, 18), _q4_0),  # Q4_0
+    3: (QTypeInfo(32, 20), _q4_1),  # Q4_1
+    6: (QTypeInfo(32, 22), _q5_0),  # Q5_0
+    7: (QTypeInfo(32, 24), _q5_1),  # Q5_1
+    10: (QTypeInfo(256, 84), _q2_k),  # Q2_K
+    11: (QTypeInfo(256, 110), _q3_k),  # Q3_K
+    12: (QTypeInfo(256, 144), _q4_k),  # Q4_K
+    13: (QTypeInfo(256, 176), _q5_k),  # Q5_K
+    14: (QTypeInfo(256, 210), _q6_k),  # Q6_K
+    20: (QTypeInfo(32, 18), _iq4_nl),  # IQ4_NL
+    23: (QTypeInfo(256, 136), _iq4_xs),  # IQ4_XS
+}
 
-
-def _float_types() -> dict:
-    T = _qt()
-    return {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}
-
-
-class _QTypeInfoTable(dict):
-    """Lazily filled so that importing this module does not import gguf."""
-
-    def _fill(self):
-        if not dict.__len__(self):
-            for qt, dt in _float_types().items():
-                dict.__setitem__(self, qt, QTypeInfo(1, torch.empty((), dtype=dt).element_size()))
-            for qt, (info, _) in _table().items():
-                dict.__setitem__(self, qt, info)
-
-    def __getitem__(self, k):
-        self._fill()
-        return dict.__getitem__(self, k)
-
-    def __contains__(self, k):
-        self._fill()
-        return dict.__contains__(self, k)
-
-    def __iter__(self):
-        self._fill()
-        return dict.__iter__(self)
-
-    def __len__(self):
-        self._fill()
-        return dict.__len__(self)
-
-    def get(self, k, default=None):
-        self._fill()
-        return dict.get(self, k, default)
-
-    def items(self):
-        self._fill()
-        return dict.items(self)
-
-    def keys(self):
-        self._fill()
-        return dict.keys(self)
-
-    def values(self):
-        self._fill()
-        return dict.values(self)
-
-
-GGUF_QTYPE_INFO: dict = _QTypeInfoTable()
-"""qtype (gguf.GGMLQuantizationType) -> QTypeInfo(block_elems, block_bytes) for every supported type."""
+GGUF_QTYPE_INFO: dict[int, QTypeInfo] = {
+    **{k: QTypeInfo(1, torch.empty((), dtype=v).element_size()) for k, v in _FLOAT_TYPES.items()},
+    **{k: info for k, (info, _) in _BLOCK_TYPES.items()},
+}
+"""ggml type id (or gguf.GGMLQuantizationType member) -> QTypeInfo(block_elems, block_bytes), supported types."""
 
 
 def supported_qtypes() -> list:
     """The gguf.GGMLQuantizationType values :func:`dequantize_gguf` accepts."""
-    return list(GGUF_QTYPE_INFO.keys())
+    T = _qt()
+    return [T(k) for k in GGUF_QTYPE_INFO]
 
 
 def packed_row_bytes(qtype, row_elems: int) -> int:
@@ -237,14 +202,20 @@ def packed_row_bytes(qtype, row_elems: int) -> int:
     return row_elems // info.block_elems * info.block_bytes
 
 
+_TYPE_NAMES = {0: "F32", 1: "F16", 30: "BF16", 8: "Q8_0", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 10: "Q2_K",
+               11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS"}
+
+
 def _name(qtype) -> str:
-    return getattr(qtype, "name", str(qtype))
+    if hasattr(qtype, "name"):
+        return qtype.name
+    return _TYPE_NAMES.get(qtype, f"type id {qtype!r}") if isinstance(qtype, int) else repr(qtype)
 
 
 def _info(qtype) -> QTypeInfo:
-    info = GGUF_QTYPE_INFO.get(qtype)
+    info = GGUF_QTYPE_INFO.get(qtype) if isinstance(qtype, int) else None
     if info is None:
-        names = ", ".join(_name(q) for q in supported_qtypes())
+        names = ", ".join(_name(q) for q in GGUF_QTYPE_INFO)
         raise ValueError(f"GGUF quantization type {_name(qtype)} is not supported for dequantization; supported: {names}")
     return info
 
@@ -273,13 +244,12 @@ def dequantize_gguf(packed: torch.Tensor, qtype, shape, dtype: torch.dtype = tor
             f"{_name(qtype)} tensor of shape {shape} needs {expected} packed bytes, got {packed.numel()} "
             f"(packed shape {tuple(packed.shape)})"
         )
-    floats = _float_types()
-    if qtype in floats:
-        out = packed.contiguous().view(-1).view(floats[qtype]).view(shape)
-        return out.to(dtype)
-    _, fn = _table()[qtype]
+    if qtype in _FLOAT_TYPES:
+        flat = packed.contiguous().view(-1)
+        if flat.data_ptr() % info.block_bytes:
+            flat = flat.clone()  # a dtype view needs an aligned address
+        return flat.view(_FLOAT_TYPES[qtype]).view(shape).to(dtype)
+    _, fn = _BLOCK_TYPES[qtype]
     blocks = packed.contiguous().view(-1, info.block_bytes)
     return fn(blocks).reshape(shape).to(dtype)
 
-
-DequantFn = Callable[[torch.Tensor], torch.Tensor]
