@@ -130,3 +130,31 @@ def test_q8_0_matches_diffusers_gguf_loader(flux, q8_files, q8_ours, tmp_path, n
     assert _rel(q8_ours[naming], theirs) < 2e-3, _rel(q8_ours[naming], theirs)
     # ... and with that rounding reproduced, the same model
     assert _rel(ours_f16_out, theirs) < 1e-6, _rel(ours_f16_out, theirs)
+
+
+def test_q4_k_both_namings_and_diffusers_loader(flux, tmp_path):
+    """K-quant (libgguf-quantized) end to end; diffusers' loader does the Q4_K math in float16."""
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    model, sd, ref = flux
+    outs = {}
+    for naming, tensors in (("bfl", flux_diffusers_to_bfl(sd, 1, 2)), ("diffusers", sd)):
+        path = tmp_path / f"flux_{naming}_q4k.gguf"
+        used = write_gguf(path, tensors, arch="flux", qtype_policy=policy(QT.Q4_K))
+        assert sum(q == QT.Q4_K for q in used.values()) >= 15
+        *_, fresh = _load_ours(path, model)
+        with torch.no_grad():
+            outs[naming] = fresh(**flux_inputs(model))[0]
+    assert torch.equal(outs["bfl"], outs["diffusers"])
+    err = _rel(outs["diffusers"], ref)
+    assert torch.isfinite(outs["diffusers"]).all() and 0 < err < 0.3, err  # ~7% weight error, compounded (measured 0.157)
+
+    (tmp_path / "cfg" / "transformer").mkdir(parents=True)
+    model.save_config(tmp_path / "cfg" / "transformer")
+    theirs_model = FluxTransformer2DModel.from_single_file(
+        str(tmp_path / "flux_diffusers_q4k.gguf"), config=str(tmp_path / "cfg"), subfolder="transformer",
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32), torch_dtype=torch.float32,
+    ).eval()
+    with torch.no_grad():
+        theirs = theirs_model(**flux_inputs(model))[0]
+    assert _rel(outs["diffusers"], theirs) < 5e-3, _rel(outs["diffusers"], theirs)
