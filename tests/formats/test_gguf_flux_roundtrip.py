@@ -4,6 +4,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,8 +13,15 @@ from gguf_fixtures import diffusers_flux_converter, flux_diffusers_to_bfl, flux_
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 from quantomni.formats.gguf_file import read_gguf  # noqa: E402
-from quantomni.formats.gguf_names import check_against_model  # noqa: E402
-from quantomni.formats.gguf_tensors import packed_entry, plan_gguf_load, state_dict_from_gguf  # noqa: E402
+from quantomni.formats.gguf_names import TensorEntry, check_against_model  # noqa: E402
+from quantomni.formats.gguf_tensors import (  # noqa: E402
+    check_supported_qtypes,
+    dense_entry,
+    packed_entry,
+    plan_gguf_load,
+    state_dict_from_gguf,
+)
+from quantomni.kernels.gguf_dequant import dequantize_gguf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +103,39 @@ def q8_ours(flux, q8_files):
         with torch.no_grad():
             outs[naming] = fresh(**flux_inputs(model))[0]
     return outs
+
+
+def test_packed_rows_dequantize_like_dense(q8_files):
+    """The loader's path (row slice / halves swap on packed bytes, dequantize later) equals dequantize-then-slice."""
+    ck = read_gguf(q8_files["bfl"])
+    _, entries = plan_gguf_load(ck)
+    check_supported_qtypes(ck, entries)
+    checked = set()
+    for e in entries:
+        info = ck.tensors[e.source]
+        if len(info.shape) != 2 or info.qtype != QT.Q8_0:
+            continue
+        packed = packed_entry(ck, e)
+        assert packed.dtype == torch.uint8 and packed.shape[0] == e.shape[0]
+        assert torch.equal(dequantize_gguf(packed, info.qtype, e.shape), dense_entry(ck, e)), e.target
+        checked.add(e.transform or ("rows" if e.rows else "plain"))
+    assert checked == {"plain", "rows", "swap_halves"}
+
+
+def test_unsupported_qtype_listed(tmp_path):
+    path = tmp_path / "iq2.gguf"
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "flux")
+    w.add_tensor("x_embedder.weight", np.zeros((4, 66), np.uint8), raw_shape=(4, 66), raw_dtype=QT.IQ2_XXS)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    ck = read_gguf(path)
+    entries = [TensorEntry("x_embedder.weight", "x_embedder.weight", None, None, (4, 256))]
+    with pytest.raises(ValueError, match=r"1 tensors use unsupported.*x_embedder.weight \(IQ2_XXS\).*Q4_K"):
+        check_supported_qtypes(ck, entries)
 
 
 def test_q8_0_close_to_float(flux, q8_ours):

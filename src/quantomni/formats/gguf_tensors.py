@@ -73,3 +73,17 @@ def state_dict_from_gguf(
 ) -> Mapping[str, torch.Tensor]:
     """Every entry dequantized: a plain diffusers state dict (reference path, not memory-lean)."""
     return {e.target: dense_entry(ckpt, e, dtype, device) for e in entries}
+
+
+def check_supported_qtypes(ckpt: GGUFCheckpoint, entries: list[TensorEntry]) -> None:
+    """One error naming every tensor whose quantization type cannot be dequantized here."""
+    from quantomni.kernels.gguf_dequant import GGUF_QTYPE_INFO, supported_qtypes
+
+    bad = sorted({f"{e.source} ({ckpt.tensors[e.source].qtype.name})" for e in entries
+                  if ckpt.tensors[e.source].qtype not in GGUF_QTYPE_INFO})
+    if bad:
+        shown = "; ".join(bad[:20]) + (f"; ... and {len(bad) - 20} more" if len(bad) > 20 else "")
+        raise GGUFFormatError(
+            f"{ckpt.path}: {len(bad)} tensors use unsupported quantization types: {shown}. "
+            f"Supported: {', '.join(q.name for q in supported_qtypes())}"
+        )
