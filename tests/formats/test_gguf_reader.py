@@ -148,3 +148,40 @@ def test_integer_tensor_plain(tmp_path):
     assert ck.tensors["ids"].qtype == QT.I32 and ck.tensors["small"].qtype == QT.I8
     assert torch.equal(ck.plain("ids"), torch.arange(-6, 6, dtype=torch.int32).view(3, 4))
     assert torch.equal(ck.plain("small", torch.float32), torch.arange(-3, 5, dtype=torch.float32))
+
+
+def test_random_corruption_is_rejected_cleanly(tmp_path):
+    """Flip bytes/words anywhere in the header, metadata and tensor directory: every outcome is either
+    a valid directory whose tensors lie inside the file, or a GGUFFormatError - never anything else."""
+    src = tmp_path / "small.gguf"
+    g = torch.Generator().manual_seed(0)
+    write_gguf(src, {"w": torch.randn(4, 64, generator=g), "b": torch.randn(4, generator=g),
+                     "k": torch.randn(2, 256, generator=g)},
+               qtype_policy=lambda n, t: {"w": QT.Q8_0, "b": QT.F32, "k": QT.Q4_K}[n],
+               metadata={"test.note": "hi", "test.list": [1, 2, 3]})
+    data = src.read_bytes()
+    head = read_gguf(src).data_offset
+    rng = np.random.default_rng(1234)
+    outcomes = {"ok": 0, "error": 0}
+    for i in range(300):
+        buf = bytearray(data)
+        for _ in range(int(rng.integers(1, 4))):
+            pos = int(rng.integers(0, head))
+            if rng.random() < 0.5:
+                buf[pos] = int(rng.integers(0, 256))
+            else:
+                word = [0, 1, 2**31, 2**32 - 1, 2**63, 2**64 - 1][int(rng.integers(0, 6))]
+                pos = min(pos, len(buf) - 8)
+                struct.pack_into("<Q", buf, pos, word)
+        p = tmp_path / f"fuzz{i}.gguf"
+        p.write_bytes(bytes(buf))
+        try:
+            ck = read_gguf(p)
+        except GGUFFormatError:
+            outcomes["error"] += 1
+            continue
+        outcomes["ok"] += 1
+        for name, info in ck.tensors.items():
+            assert 0 <= info.offset and info.offset + info.nbytes <= len(buf)
+            assert ck.packed(name).numel() == info.nbytes
+    assert outcomes["error"] > 100, outcomes
