@@ -1,5 +1,18 @@
 """Bridge between a GGUFCheckpoint, a name map's TensorEntry list and tensors for a model.
 
+Loader recipe::
+
+    ck = read_gguf(path)
+    name_map, entries = plan_gguf_load(ck)            # detects the architecture
+    check_against_model(entries, {n: p.shape for n, p in model.state_dict().items()})
+    check_supported_qtypes(ck, entries)
+    for e in entries:
+        qtype = ck.tensors[e.source].qtype
+        if len(e.shape) == 2 and qtype not in (F32, F16, BF16):
+            keep(e.target, packed_entry(ck, e), qtype, e.shape)   # uint8 rows, dequantize_gguf per use
+        else:
+            load(e.target, dense_entry(ck, e, dtype))             # 1-D, >2-D and float tensors
+
 ``packed_entry`` keeps a weight quantized (a row view of the file map, no dequantization);
 ``dense_entry`` dequantizes it (used for 1-D tensors, plain types, and references in tests).
 """
