@@ -13,7 +13,7 @@ from gguf_fixtures import diffusers_flux_converter, flux_diffusers_to_bfl, flux_
 from gguf import GGMLQuantizationType as QT  # noqa: E402
 
 from quantomni.formats.gguf_file import read_gguf  # noqa: E402
-from quantomni.formats.gguf_names import TensorEntry, check_against_model  # noqa: E402
+from quantomni.formats.gguf_names import TensorEntry, check_against_model, select_rows  # noqa: E402
 from quantomni.formats.gguf_tensors import (  # noqa: E402
     check_supported_qtypes,
     dense_entry,
@@ -117,7 +117,9 @@ def test_packed_rows_dequantize_like_dense(q8_files):
             continue
         packed = packed_entry(ck, e)
         assert packed.dtype == torch.uint8 and packed.shape[0] == e.shape[0]
-        assert torch.equal(dequantize_gguf(packed, info.qtype, e.shape), dense_entry(ck, e)), e.target
+        whole_then_rows = select_rows(dequantize_gguf(ck.packed(e.source), info.qtype, info.shape), e)
+        assert torch.equal(dequantize_gguf(packed, info.qtype, e.shape), whole_then_rows), e.target
+        assert torch.equal(dense_entry(ck, e), whole_then_rows), e.target
         checked.add(e.transform or ("rows" if e.rows else "plain"))
     assert checked == {"plain", "rows", "swap_halves"}
 

@@ -72,9 +72,13 @@ def dense_entry(
     from quantomni.kernels.gguf_dequant import dequantize_gguf
 
     info = ckpt.tensors[entry.source]
+    if len(info.shape) == 2 and source_shape(ckpt, entry.source) == info.shape:
+        # rows are independent: select them while packed and expand only what the entry needs
+        packed = packed_entry(ckpt, entry)
+        packed = packed.to(device) if device is not None else packed
+        return dequantize_gguf(packed, info.qtype, entry.shape, dtype=dtype)
     packed = ckpt.packed(entry.source)
-    if device is not None:
-        packed = packed.to(device)
+    packed = packed.to(device) if device is not None else packed
     dense = dequantize_gguf(packed, info.qtype, info.shape, dtype=torch.float32)
     dense = dense.reshape(source_shape(ckpt, entry.source))
     return select_rows(dense, entry).reshape(entry.shape).to(dtype)
