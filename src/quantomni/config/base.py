@@ -83,6 +83,17 @@ class QuantMethodConfig:
         """Return the LinearMethodBase that quantizes this layer (see quantomni.methods.base)."""
         raise NotImplementedError
 
+    # -- hooks for pre-quantized checkpoints (ModelOpt, GGUF) ---------------------------
+    def checkpoint_layer_reason(self, layer_name: str, in_features: int, out_features: int) -> str | None:
+        """For ``prequantized`` methods the checkpoint decides scope: return None if the layer is
+        stored quantized, else why it is kept (e.g. "stored as BF16 in the checkpoint")."""
+        return None
+
+    def open_tensor_source(self, component_dir):
+        """Return a TensorSource (quantomni.formats.sources) to read this component from, or None
+        to read the component directory's own safetensors."""
+        return None
+
     # -- (de)serialisation ---------------------------------------------------------------
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

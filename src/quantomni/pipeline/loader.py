@@ -18,7 +18,8 @@ from torch import nn
 
 from quantomni.config.base import QuantMethodConfig
 from quantomni.errors import CheckpointError
-from quantomni.formats.safetensors_io import find_weight_files, iter_tensors, list_tensor_names
+from quantomni.formats.safetensors_io import find_weight_files
+from quantomni.formats.sources import SafetensorsSource
 from quantomni.layers.linear import QuantLinear
 from quantomni.models.base import ArchitectureAdapter
 from quantomni.pipeline.backends import BackendRequest
@@ -81,8 +82,10 @@ def load_component_streaming(
 
     t0 = time.perf_counter()
     component_dir = Path(component_dir)
-    files = find_weight_files(component_dir)
-    names = list_tensor_names(files)
+    source = cfg.open_tensor_source(component_dir) if cfg is not None else None
+    if source is None:
+        source = SafetensorsSource(find_weight_files(component_dir))
+    names = source.names()
     model = build_empty_model(model_cls, component_dir)
     plan = plan_component(model, component, cfg, adapter, device, dtype, backends)
     quant_layers = swap_in_quant_linears(model, plan, dtype)
@@ -109,7 +112,7 @@ def load_component_streaming(
     unexpected = sorted(set(names) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{component}: checkpoint in {component_dir} does not match {type(model).__name__}: "
+            f"{component}: checkpoint {source.description} does not match {type(model).__name__}: "
             f"missing {len(missing)} tensor(s) {missing[:10]}{' ...' if len(missing) > 10 else ''}, "
             f"unexpected {len(unexpected)} tensor(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}"
         )
@@ -117,7 +120,7 @@ def load_component_streaming(
     stats = LoadStats(component)
     bar = tqdm(total=len(names), desc=f"Loading {component}", unit="tensor", disable=not progress, leave=False)
     try:
-        for name, tensor in iter_tensors(files):
+        for name, tensor in source.iter_tensors():
             stats.tensors += 1
             stats.checkpoint_bytes += tensor.numel() * tensor.element_size()
             kind, ql = expected[name]

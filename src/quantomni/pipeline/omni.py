@@ -69,10 +69,17 @@ class Omni:
         device=None,
         progress: bool = True,
         model_id: str | None = None,
+        gguf_model: str | Path | None = None,
     ):
         t0 = time.perf_counter()
         self.model_dir = Path(model)
         self.quant_config: PipelineQuantConfig = merge_quantization_args(quantization, quantization_config)
+        if gguf_model is not None:
+            if self.quant_config.is_quantized:
+                raise ValueError(
+                    "gguf_model supplies an already-quantized denoiser; do not also pass quantization/quantization_config"
+                )
+            self.quant_config = build_quant_config({"method": "gguf", "path": str(gguf_model)})
         self.dtype = resolve_dtype(dtype)
         self.device = resolve_device(device)
         self.backends = BackendRequest.parse(linear_backend)

@@ -32,7 +32,8 @@ def plan_component(
 ) -> ComponentPlan:
     """Decide, per Linear layer, whether it is quantized, with which method and which kernel.
 
-    Precedence (first rule that applies wins):
+    Pre-quantized methods: the checkpoint decides (``checkpoint_layer_reason``).
+    Online methods, precedence (first rule that applies wins):
       1. ``ignored_layers`` pattern matches -> kept ("ignored_layers").
       2. adapter marks the layer sensitive and ``skip_sensitive_layers`` -> kept ("sensitive").
       3. otherwise quantized; the kernel is the best available ("auto") or the one requested.
@@ -49,6 +50,19 @@ def plan_component(
     ignored = compile_patterns(cfg.ignored_layers, f"{cfg.method}.ignored_layers")
     for name, lin in linear_layers(module):
         k, n = lin.in_features, lin.out_features
+        if cfg.prequantized:
+            # The checkpoint already decided which layers are quantized; its weights exist only in that form.
+            why_kept = cfg.checkpoint_layer_reason(name, k, n)
+            if why_kept is not None:
+                records.append(LayerRecord(component, name, k, n, False, None, None, None, f"checkpoint: {why_kept}"))
+                continue
+            method = cfg.get_linear_method(name, k, n)
+            spec = KernelSpec(method.format, k, n, dtype, device, method.scheme)
+            kernel, why = select_linear_kernel(spec, backends.for_format(method.format))
+            assignments[name] = (method, kernel)
+            records.append(LayerRecord(component, name, k, n, True, cfg.method, method.scheme.describe(), kernel.name,
+                                       f"quantized: checkpoint; {why}"))
+            continue
         hit = first_match(ignored, name)
         if hit is not None:
             records.append(LayerRecord(component, name, k, n, False, None, None, None, f"ignored_layers: {hit.text}"))
