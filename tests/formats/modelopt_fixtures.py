@@ -161,6 +161,41 @@ def _quant_cfg(mtq, kind: str) -> dict:
     raise ValueError(f"unknown ModelOpt fixture kind {kind!r}; allowed: {', '.join(KINDS)}")
 
 
+def _unify_qkv_like_export(model) -> bool:
+    """Apply the export's q/k/v amax unification before the reference forward.
+
+    Why: ``export_hf_checkpoint`` unifies the amax of q/k/v (and add_q/k/v) before writing, and
+    the model cannot run after export (weights become packed). Running the same (private)
+    ModelOpt step first makes ``output_fake_quant`` correspond to the exported tensors.
+    Returns False when this modelopt version lacks the helper (output then predates it).
+    """
+    try:
+        from modelopt.torch.export.unified_export_hf import _fuse_qkv_linears_diffusion
+    except ImportError:
+        return False
+    _fuse_qkv_linears_diffusion(model)
+    return True
+
+
+def _disable_unexported_quantizers(model) -> int:
+    """Disable enabled quantizers that do not sit on an nn.Linear; returns how many.
+
+    Why: the default configs also fake-quantize LayerNorm inputs (``QuantLayerNorm``), but the
+    export carries nothing for them, so a runtime that loads the export never quantizes there.
+    Without this the fake-quant output differs from any correct runtime by ~9% (NVFP4).
+    """
+    from modelopt.torch.quantization.nn import TensorQuantizer
+
+    n = 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, TensorQuantizer) and mod.is_enabled:
+            parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+            if not isinstance(parent, torch.nn.Linear):
+                mod.disable()
+                n += 1
+    return n
+
+
 def make_modelopt_export(kind: str, out_dir: str | Path, seed: int = 0) -> dict:
     """Quantize a tiny Flux with real ModelOpt on CPU and export it; returns paths and facts.
 
@@ -191,6 +226,8 @@ def make_modelopt_export(kind: str, out_dir: str | Path, seed: int = 0) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mtq.quantize(model, _quant_cfg(mtq, kind), forward_loop)
+        qkv_unified = _unify_qkv_like_export(model)
+        n_disabled = _disable_unexported_quantizers(model)
         out_fq = run_flux(model, inputs)
         export_hf_checkpoint(model, export_dir=str(component_dir))
 
@@ -210,6 +247,8 @@ def make_modelopt_export(kind: str, out_dir: str | Path, seed: int = 0) -> dict:
         "reference_io_path": out_dir / "reference_io.safetensors",
         "quantization_config": qcfg,
         "rel_err_fake_quant": rel,
+        "qkv_unified_before_output": qkv_unified,
+        "non_linear_quantizers_disabled": n_disabled,
     }
 
 
