@@ -259,3 +259,30 @@ def load_export(info: dict) -> tuple[dict, dict, dict]:
         load_file(str(info["original_weights_path"])),
         load_file(str(info["reference_io_path"])),
     )
+
+
+# ---------------------------------------------------------------- pytest glue (session cache)
+
+_EXPORT_CACHE: dict[str, dict] = {}
+
+
+def cached_modelopt_export(kind: str, base_dir: str | Path) -> dict:
+    """``make_modelopt_export`` once per kind per process (modelopt import costs ~6 s)."""
+    if kind not in _EXPORT_CACHE:
+        _EXPORT_CACHE[kind] = make_modelopt_export(kind, Path(base_dir) / kind)
+    return _EXPORT_CACHE[kind]
+
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover - only used as a plain library then
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def modelopt_exports(tmp_path_factory):
+        """Getter ``kind -> info dict`` of real ModelOpt exports, built lazily and cached."""
+        pytest.importorskip("modelopt", reason="needs nvidia-modelopt (pip install nvidia-modelopt)")
+        base = tmp_path_factory.mktemp("modelopt_exports")
+        return lambda kind: cached_modelopt_export(kind, base)
