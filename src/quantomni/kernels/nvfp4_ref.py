@@ -88,10 +88,11 @@ def nvfp4_unpack(packed: torch.Tensor) -> torch.Tensor:
     return torch.stack((low, high), dim=-1).reshape(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
-def e2m1_round_codes(values: torch.Tensor) -> torch.Tensor:
+def e2m1_round_codes(values: torch.Tensor, keep_negative_zero: bool = False) -> torch.Tensor:
     """Round already-scaled values to the nearest E2M1 code (ties to even code, saturating).
 
     values: float tensor [...] (any float dtype; computed in float32).
+    keep_negative_zero: -0.0 gets code 8 (exact inverse of unpack); ModelOpt gives it code 0.
     returns: uint8 [...] codes in 0..15.
     """
     v = values.float()
@@ -103,8 +104,8 @@ def e2m1_round_codes(values: torch.Tensor) -> torch.Tensor:
         idx += (mag > b).to(torch.uint8)
     for b in _E2M1_TIES_UP:
         idx += (mag == b).to(torch.uint8)
-    sign = (v < 0).to(torch.uint8) << 3
-    return sign | idx
+    neg = torch.signbit(v) if keep_negative_zero else v < 0
+    return (neg.to(torch.uint8) << 3) | idx
 
 
 def nvfp4_pack(values: torch.Tensor) -> torch.Tensor:
@@ -115,7 +116,7 @@ def nvfp4_pack(values: torch.Tensor) -> torch.Tensor:
     """
     if values.shape[-1] % 2 != 0:
         raise NVFP4ShapeError(f"nvfp4_pack: last dimension {values.shape[-1]} must be even")
-    codes = e2m1_round_codes(values)
+    codes = e2m1_round_codes(values, keep_negative_zero=True)
     return (codes[..., 1::2] << 4) | codes[..., 0::2]
 
 
