@@ -195,7 +195,8 @@ QKV = ["transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.to_k",
 def test_unify_fp8_real_qkv_preserves_weights(modelopt_exports):
     """Real FP8 export: q/k/v have different weight scales (ModelOpt does not unify them).
 
-    Bound per element: |dW| <= 2^-4 |W| + 2^-10 s (half an E4M3 step); measured rel L2 ~0.01.
+    Bound per element: |dW| <= 2^-4 |W| + 2^-10 s (half an E4M3 step); measured rel L2 change
+    0.029 / 0.027 / 0 (the max-scale shard is untouched); bound 0.045. expand_rows is exact.
     """
     sd, _, _ = load_export(modelopt_exports("fp8"))
     shards = [_layer_tensors(sd, n) for n in QKV]
@@ -209,17 +210,24 @@ def test_unify_fp8_real_qkv_preserves_weights(modelopt_exports):
         w0 = before["weight"].float() * before["weight_scale"]
         w1 = after["weight"].float() * after["weight_scale"]
         assert torch.all((w1 - w0).abs() <= w0.abs() * 2**-4 + s * 2**-10 + 1e-12)
-        assert float((w1 - w0).norm() / w0.norm()) < 0.03
+        assert float((w1 - w0).norm() / w0.norm()) < 0.045
     fused = fuse_shards(QKV, shards, FP8)
     assert fused["weight"].shape == (192, 64) and fused["weight_scale"].shape == ()
     assert fused["bias"].shape == (192,)
+    exact = fuse_shards(QKV, shards, FP8, fp8_mode="expand_rows")
+    assert exact["weight_scale"].shape == (192,)
+    w_exact = exact["weight"].float() * exact["weight_scale"][:, None]
+    w_orig = torch.cat([t["weight"].float() * t["weight_scale"] for t in shards])
+    assert torch.equal(w_exact, w_orig)
+    with pytest.raises(ValueError, match="fp8_mode"):
+        unify_fused_shards(QKV, shards, FP8, fp8_mode="nope")
 
 
 def test_unify_nvfp4_shards_with_different_globals():
     """Shards with global scales spanning 10x: block scales re-expressed under the max global.
 
-    Measured rel L2 change of the dequantized weights <= ~0.02 (E4M3 rounding of block
-    scales, half step = 2^-4 relative); bound 0.04. Codes are untouched.
+    Measured rel L2 change of the dequantized weights 0.026 / 0 / 0.028 (E4M3 rounding of the
+    block scales, half step = 2^-4 relative); bound 0.04. Codes are untouched.
     """
     g = torch.Generator().manual_seed(0)
     ws = [torch.randn(32, 64, generator=g) * s for s in (0.02, 0.2, 0.07)]

@@ -165,6 +165,7 @@ def unify_fused_shards(
     layer_names: Sequence[str],
     shard_tensors: Sequence[dict[str, torch.Tensor]],
     scheme: LayerScheme | None | Sequence[LayerScheme | None],
+    fp8_mode: str = "requantize",
 ) -> list[dict[str, torch.Tensor]]:
     """Give shards that a model fuses (q/k/v) shared scalar scales, preserving their values.
 
@@ -174,8 +175,12 @@ def unify_fused_shards(
     gives the fused layer (see ``fuse_shards``).
 
     Math (s_i: shard scales, s = max_i s_i, so every factor s_i / s <= 1 and nothing overflows):
-    * FP8 per-tensor: w_i' = e4m3(float(w_i) * s_i / s), weight_scale = s. The requantization
-      adds at most half an E4M3 step: |dW| <= 2^-4 |W| + 2^-10 s per element.
+    * FP8 per-tensor, ``fp8_mode="requantize"`` (for kernels that take one weight scale):
+      w_i' = e4m3(float(w_i) * s_i / s), weight_scale = s. The requantization adds at most half
+      an E4M3 step: |dW| <= 2^-4 |W| + 2^-10 s per element (measured rel L2 change ~0.03 on
+      the real tiny-Flux export, as large as the FP8 error itself).
+      ``fp8_mode="expand_rows"`` (exact, for kernels with per-row weight scales): weights
+      untouched, weight_scale_i becomes s_i repeated to [out_i] float32.
     * NVFP4: weight_scale_2 = s; block scales b_i' = e4m3(float(b_i) * s_i / s) (clamped to
       [2^-9, 448]); E2M1 codes unchanged. Each block's effective scale moves by at most half an
       E4M3 step (2^-4 relative) unless it underflows below 2^-9.
@@ -194,6 +199,8 @@ def unify_fused_shards(
             f"{n}={'BF16' if s is None else s.algo}" for n, s in zip(layer_names, schemes)
         )
         raise ModelOptTensorError(f"fused layers must share one quantization algorithm; got {desc}")
+    if fp8_mode not in ("requantize", "expand_rows"):
+        raise ValueError(f"fp8_mode={fp8_mode!r}; allowed: 'requantize', 'expand_rows'")
     sch = schemes[0]
     shards = [dict(t) for t in shard_tensors]
     if sch is None:
@@ -212,7 +219,11 @@ def unify_fused_shards(
         shared_in = torch.stack([t["input_scale"].float().reshape(()) for t in shards]).amax()
         for t in shards:
             t["input_scale"] = shared_in.clone()
-    if sch.algo == "FP8":
+    if sch.algo == "FP8" and fp8_mode == "expand_rows":
+        for t in shards:
+            rows = t["weight"].shape[0]
+            t["weight_scale"] = t["weight_scale"].float().reshape(()).expand(rows).contiguous()
+    elif sch.algo == "FP8":
         scales = [t["weight_scale"].float().reshape(()) for t in shards]
         s = torch.stack(scales).amax()
         for t, s_i in zip(shards, scales):
@@ -243,9 +254,10 @@ def fuse_shards(
     layer_names: Sequence[str],
     shard_tensors: Sequence[dict[str, torch.Tensor]],
     scheme: LayerScheme | None | Sequence[LayerScheme | None],
+    fp8_mode: str = "requantize",
 ) -> dict[str, torch.Tensor]:
     """Unify then concatenate shards into one fused layer (rows in ``layer_names`` order)."""
-    shards = unify_fused_shards(layer_names, shard_tensors, scheme)
+    shards = unify_fused_shards(layer_names, shard_tensors, scheme, fp8_mode)
     fused: dict[str, torch.Tensor] = {}
     for key in dict.fromkeys(k for t in shards for k in t):
         parts = [t.get(key) for t in shards]
