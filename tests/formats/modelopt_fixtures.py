@@ -217,7 +217,7 @@ def make_modelopt_export(kind: str, out_dir: str | Path, seed: int = 0) -> dict:
     inputs = make_inputs()
     out_ref = run_flux(model, inputs)
 
-    calib = [make_inputs(seed=100 + i) for i in range(4)]
+    calib = [make_inputs(seed=100 + i, batch=2) for i in range(2)]
 
     def forward_loop(m):
         for batch in calib:

@@ -244,3 +244,12 @@ def test_cuda_matches_cpu():
     out = nvfp4_linear_reference(x, p, s, s2, in_s)
     outc = nvfp4_linear_reference(x.cuda(), pc, sc, s2c, in_s.cuda())
     assert _rel(outc.cpu(), out) < 1e-5
+
+
+def test_dequantize_matches_diffusers_bfl_oracle(modelopt_exports):
+    """diffusers' BFL NVFP4 dequantizer (an independent implementation) agrees bit for bit."""
+    bfl = pytest.importorskip("diffusers.quantizers.bfl.utils")
+    sd, _, _ = load_export(modelopt_exports("nvfp4"))
+    for layer in _nvfp4_layers(sd)[:8]:
+        w, ws, ws2 = (sd[layer + s] for s in (".weight", ".weight_scale", ".weight_scale_2"))
+        assert torch.equal(nvfp4_dequantize(w, ws, ws2), bfl.dequantize_nvfp4(w, ws, ws2).float()), layer
