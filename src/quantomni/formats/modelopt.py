@@ -149,13 +149,12 @@ class ModelOptConfig:
 
     def is_ignored(self, module_name: str) -> bool:
         """True when an ignore pattern matches (see the module docstring for the rules)."""
-        candidates = (module_name, module_name + ".weight")
-        for pat in self.ignore:
-            if fnmatchcase(module_name, pat) or fnmatchcase(module_name, pat + ".*"):
-                return True
-            if any(fnmatchcase(c, pat) for c in candidates[1:]):
-                return True
-        return False
+        return any(
+            fnmatchcase(module_name, pat)
+            or fnmatchcase(module_name, pat + ".*")
+            or fnmatchcase(module_name + ".weight", pat)
+            for pat in self.ignore
+        )
 
     def scheme_for(self, module_name: str) -> LayerScheme | None:
         """The storage scheme of Linear ``module_name``; None means it stays unquantized.
@@ -359,9 +358,8 @@ def read_modelopt_config(component_dir: str | Path) -> ModelOptConfig | None:
     raw, source = found
     probe = raw
     if source == SIDECAR_JSON:
-        probe = {"producer": raw.get("producer"), **(raw.get("quantization") or {})} if isinstance(
-            raw.get("quantization"), dict
-        ) else {"producer": raw.get("producer")}
+        q = raw.get("quantization")
+        probe = {**(q if isinstance(q, dict) else {}), "producer": raw.get("producer")}
     if not is_modelopt_config(probe):
         return None
     try:
