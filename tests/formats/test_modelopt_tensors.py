@@ -277,3 +277,29 @@ def test_unify_rejects_mixed_algos_and_wrong_layouts():
     unify_fused_shards(QKV, [mk(1.0), mk(1.0), mk(1.0)], int8)
     with pytest.raises(ModelOptTensorError, match="pre_quant_scale"):
         unify_fused_shards(QKV, [mk(1.0), mk(2.0), mk(1.0)], int8)
+
+
+def test_group_clamp_and_describe_on_real_mixed_export(modelopt_exports):
+    from quantomni.formats.modelopt import clamp_nan_block_scales, group_layer_tensors
+
+    info = modelopt_exports("mixed")
+    sd, orig, _ = load_export(info)
+    cfg = read_modelopt_config(info["component_dir"])
+    groups = group_layer_tensors(sd)
+    assert groups["transformer_blocks.0.attn.to_q"] == {
+        s: f"transformer_blocks.0.attn.to_q.{s}"
+        for s in ("weight", "weight_scale", "weight_scale_2", "input_scale", "bias")}
+    assert set(groups["transformer_blocks.0.ff.net.0.proj"]) == {
+        "weight", "weight_scale", "input_scale", "bias"}
+    desc = cfg.describe_layers(_linear_layers(orig))
+    assert desc["transformer_blocks.0.attn.to_q"] == "NVFP4"
+    assert desc["transformer_blocks.0.ff.net.0.proj"] == "FP8"
+    assert desc["transformer_blocks.0.ff_context.net.0.proj"] == "BF16"
+    assert clamp_nan_block_scales(sd) == {}
+    key = "transformer_blocks.1.attn.to_k.weight_scale"
+    before = sd[key]
+    sd[key] = before.clone()
+    sd[key].view(torch.uint8)[3, :2] = torch.tensor([0x7F, 0xFF], dtype=torch.uint8)
+    fp8_scale = sd["transformer_blocks.0.ff.net.0.proj.weight_scale"]
+    assert clamp_nan_block_scales(sd) == {key: 2}
+    assert float(sd[key][3, 0]) == 448.0 and sd["transformer_blocks.0.ff.net.0.proj.weight_scale"] is fp8_scale

@@ -31,10 +31,13 @@ from typing import Any
 import torch
 
 from .modelopt_tensors import (  # noqa: F401  (re-exported API)
+    MODELOPT_TENSOR_SUFFIXES,
     ModelOptTensorError,
     TensorSpec,
+    clamp_nan_block_scales,
     expected_tensors,
     fuse_shards,
+    group_layer_tensors,
     optional_tensors,
     unify_fused_shards,
     validate_layer_tensors,
@@ -167,6 +170,14 @@ class ModelOptConfig:
         if self.quant_algo == "MIXED_PRECISION":
             return self.quantized_layers.get(module_name)
         return LayerScheme(self.quant_algo, self.group_size)
+
+    def describe_layers(self, linear_names) -> dict[str, str]:
+        """``{name: quant_algo or "BF16"}`` for the given Linear names (for ``inspect``)."""
+        out = {}
+        for name in linear_names:
+            s = self.scheme_for(name)
+            out[name] = "BF16" if s is None else s.algo
+        return out
 
     def to_dict(self) -> dict:
         """JSON-ready summary (for ``inspect`` and logs)."""

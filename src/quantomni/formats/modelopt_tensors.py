@@ -274,3 +274,42 @@ def fuse_shards(
         else:
             fused[key] = torch.cat(parts, dim=0)
     return fused
+
+
+MODELOPT_TENSOR_SUFFIXES = (
+    "weight", "weight_scale", "weight_scale_2", "input_scale", "pre_quant_scale", "bias",
+)
+
+
+def group_layer_tensors(keys) -> dict[str, dict[str, str]]:
+    """Group checkpoint keys by layer: ``{layer: {suffix: full key}}``.
+
+    keys: iterable of state-dict keys. Only the suffixes in MODELOPT_TENSOR_SUFFIXES are
+    grouped (other keys, e.g. ``attn.k_scale``, are left out); non-Linear modules with a
+    ``weight`` (norms, embeddings) appear too — the caller keeps the Linear ones.
+    """
+    groups: dict[str, dict[str, str]] = {}
+    for key in keys:
+        layer, _, suffix = key.rpartition(".")
+        if layer and suffix in MODELOPT_TENSOR_SUFFIXES:
+            groups.setdefault(layer, {})[suffix] = key
+    return groups
+
+
+def clamp_nan_block_scales(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Replace NaN bytes in every E4M3 ``*.weight_scale`` of ``state`` (in the dict, not in place).
+
+    Why: some ModelOpt versions wrote E4M3 NaN (0x7F/0xFF) into NVFP4 block scales; see
+    ``clamp_nan_e4m3_scales``. Returns ``{key: bytes replaced}`` for the keys that had any, so
+    the loader can log one warning with the count and the layers.
+    """
+    from ..kernels.nvfp4_ref import clamp_nan_e4m3_scales
+
+    fixed: dict[str, int] = {}
+    for key, t in list(state.items()):
+        if key.endswith(".weight_scale") and t.dtype == torch.float8_e4m3fn:
+            new, n = clamp_nan_e4m3_scales(t)
+            if n:
+                state[key] = new
+                fixed[key] = n
+    return fixed
