@@ -299,17 +299,17 @@ def group_layer_tensors(keys) -> dict[str, dict[str, str]]:
 def clamp_nan_block_scales(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """Replace NaN bytes in every E4M3 ``*.weight_scale`` of ``state`` (in the dict, not in place).
 
-    Why: some ModelOpt versions wrote E4M3 NaN (0x7F/0xFF) into NVFP4 block scales; see
-    ``clamp_nan_e4m3_scales``. Returns ``{key: bytes replaced}`` for the keys that had any, so
+    Why: some ModelOpt versions wrote E4M3 NaN (0x7F/0xFF) into NVFP4 block scales; they become
+    0x7E (448, the E4M3 max), as ``kernels.nvfp4_ref.clamp_nan_e4m3_scales`` does. Returns ``{key: bytes replaced}`` for the keys that had any, so
     the loader can log one warning with the count and the layers.
     """
-    from ..kernels.nvfp4_ref import clamp_nan_e4m3_scales
-
     fixed: dict[str, int] = {}
     for key, t in list(state.items()):
         if key.endswith(".weight_scale") and t.dtype == torch.float8_e4m3fn:
-            new, n = clamp_nan_e4m3_scales(t)
+            raw = t.view(torch.uint8)
+            bad = (raw & 0x7F) == 0x7F  # 0x7F and 0xFF: the E4M3FN NaNs
+            n = int(bad.sum())
             if n:
-                state[key] = new
+                state[key] = torch.where(bad, torch.full_like(raw, 0x7E), raw).view(t.dtype)
                 fixed[key] = n
     return fixed
