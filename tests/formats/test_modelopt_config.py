@@ -165,6 +165,9 @@ def test_malformed_sidecar_and_json(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelOptConfigError, match="config.json"):
         read_modelopt_config(tmp_path)
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ModelOptConfigError, match="not valid JSON"):
+        read_modelopt_config(tmp_path)
 
 
 @pytest.mark.parametrize("pattern, name, ignored", [

@@ -199,7 +199,7 @@ class ModelOptConfig:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelOptConfigError(f"{path}: not valid JSON ({exc})") from exc
 
 
