@@ -14,8 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL import Image
 
 
-class GenerationCancelled(RuntimeError):
-    """Raised by ``ImageEngine.generate`` when its ``cancel_event`` was set between steps."""
+from quantomni.errors import GenerationCancelled  # noqa: E402  (re-exported for engines and tests)
 
 
 @runtime_checkable
