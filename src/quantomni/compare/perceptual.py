@@ -121,7 +121,7 @@ class LpipsScorer:
         arr = to_uint8_rgb(image, what)
         if min(arr.shape[:2]) < _MIN_SIDE:
             raise ImageMismatchError(f"LPIPS needs images of at least {_MIN_SIDE}x{_MIN_SIDE}, got {arr.shape[1]}x{arr.shape[0]}")
-        t = torch.from_numpy(np.ascontiguousarray(arr)).to(self.device).permute(2, 0, 1)[None].float()
+        t = torch.from_numpy(arr.copy()).to(self.device).permute(2, 0, 1)[None].float()
         return ((t / 127.5 - 1.0) - self._shift) / self._scale
 
     def __call__(self, reference, candidate) -> float:

@@ -71,7 +71,7 @@ def _numeric(value) -> bool:
 
 
 def write_tradeoff(report: Report, path: str | Path) -> Path:
-    """Quality (rows: metrics that were computed) against memory and against latency (columns)."""
+    """Quality (rows: computed metrics) against peak memory, denoiser weight bytes and latency (columns)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -79,10 +79,13 @@ def write_tradeoff(report: Report, path: str | Path) -> Path:
         raise ImportError("tradeoff.png needs matplotlib: pip install matplotlib") from exc
     cases = report.cases
     metrics = [(k, t) for k, t in _QUALITY if any(_numeric(c["mean"][k]) for c in cases)]
-    use_peak = all(report.engines[c["candidate"]]["peak_memory_bytes"] is not None for c in cases)
-    mem_key = "peak_memory_bytes" if use_peak else "denoiser_weight_bytes"
-    mem_title = "peak device memory GiB" if use_peak else "denoiser weights GiB"
-    axes_x = [(mem_key, mem_title, 1024 ** 3), ("latency_mean_s", "latency per image s", 1.0)]
+    axes_x = []
+    for xkey, xtitle, scale in (("peak_memory_bytes", "peak device memory GiB", 1024 ** 3),
+                                ("denoiser_weight_bytes", "denoiser weights GiB", 1024 ** 3),
+                                ("latency_mean_s", "latency per image s", 1.0)):
+        if any(_numeric(report.engines[c["candidate"]][xkey]) for c in cases):
+            axes_x.append((xkey, xtitle, scale))
+    axes_x = axes_x or [("latency_mean_s", "latency per image s", 1.0)]
     fig = Figure(figsize=(5.5 * len(axes_x), 3.6 * max(1, len(metrics))), dpi=100)
     FigureCanvasAgg(fig)
     if not metrics:
