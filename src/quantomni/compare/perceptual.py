@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 
 from quantomni.compare.errors import CompareInputError, ImageMismatchError
 from quantomni.compare.metrics import to_uint8_rgb
