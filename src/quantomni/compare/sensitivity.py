@@ -92,8 +92,8 @@ def record_linear_inputs(model: nn.Module, calibrate: Callable[[], Any], max_row
 
     def make_hook(name: str, in_features: int):
         def hook(_mod, args, _out):
-            x = args[0].detach().reshape(-1, in_features).float().cpu()
-            rows = _thin(x, max_rows)
+            x = args[0].detach().reshape(-1, in_features)
+            rows = _thin(x, max_rows).float().cpu()  # thin on the device first: copy only the sample
             prev = store.get(name)
             both = rows if prev is None else torch.cat([prev, rows])
             store[name] = both if both.shape[0] <= 2 * max_rows else _thin(both, max_rows)
@@ -119,8 +119,9 @@ def layer_output_sqnr(model: nn.Module, inputs: dict[str, torch.Tensor], fmt: Qu
     with torch.no_grad():
         for name, x in inputs.items():
             mod = layers[name]
-            w = mod.weight.detach().float().cpu()
-            b = None if mod.bias is None else mod.bias.detach().float().cpu()
+            w = mod.weight.detach().float()
+            x = x.to(w.device)
+            b = None if mod.bias is None else mod.bias.detach().float()
             y = torch.nn.functional.linear(x, w, b)
             xq = fmt.activation_fake_quant(x) if fmt.activation_fake_quant else x
             y_hat = torch.nn.functional.linear(xq.float(), fmt.quantize_dequantize(w).float(), b)
