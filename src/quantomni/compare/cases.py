@@ -77,16 +77,11 @@ def distinct_engines(cases: Iterable[Case]) -> list[EngineSpec]:
     return list(seen.values())
 
 
-def _looks_like_hub_id(text: str) -> bool:
-    return (text.count("/") == 1 and not text.startswith((".", "/", "~"))
-            and all(part.strip() for part in text.split("/")))
-
-
 def check_model_path(model: str, what: str = "--model") -> str:
-    """An existing local path, or an ``org/name`` hub id (resolved later by the engine)."""
+    """An existing local model directory or file; anything else is a clear error (no hub lookups)."""
     if not isinstance(model, str) or not model.strip():
         raise CompareInputError(f"{what}: expected a model directory, got {model!r}")
-    if os.path.exists(model) or _looks_like_hub_id(model):
+    if os.path.exists(model):
         return model
     raise CompareInputError(f"{what}: model path {model!r} does not exist")
 

@@ -32,7 +32,7 @@ _USER_ERRORS = (CompareInputError, GateSyntaxError, ImageMismatchError, PolicyEr
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("what to compare")
-    g.add_argument("--model", help="model directory (BF16 base) or org/name")
+    g.add_argument("--model", help="model directory (the BF16 base)")
     g.add_argument("--baseline", default="bf16", help="baseline: bf16/none (default) or a method name")
     g.add_argument("--candidates", default="", help="comma list: method names (fp8,int8,...), gguf, gguf:PATH, "
                                                    "or model directories (pre-quantized checkpoints)")

@@ -33,8 +33,10 @@ QUALITY_METRICS = ("psnr", "ssim", "mae", "lpips", "clip_score", "clip_score_del
 
 def default_factory(spec: EngineSpec, engine_kwargs: dict) -> Any:
     """Build ``quantomni.Omni`` for one spec (imported here: the engine is heavy)."""
-    from quantomni import Omni  # TODO(lead): confirm gguf is selected by quantization="gguf" + gguf_model
-
+    try:
+        from quantomni import Omni  # TODO(lead): confirm gguf is selected by quantization="gguf" + gguf_model
+    except ImportError as exc:
+        raise ImportError(f"quantomni compare needs the engine quantomni.Omni, which could not be imported: {exc}") from exc
     return Omni(model=spec.model, quantization=spec.quantization, gguf_model=spec.gguf_model, **engine_kwargs)
 
 
