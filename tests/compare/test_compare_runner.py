@@ -174,3 +174,46 @@ def test_cli_bad_input_returns_2(model_dir, tmp_path, capsys):
     assert "--lpips-weights" in capsys.readouterr().err
     assert run_compare_command(_cli(["--out", str(tmp_path), "--candidates", "fp8"]), make_factory()) == 2
     assert "--model is required" in capsys.readouterr().err
+
+
+def test_cases_file_with_two_baselines(tmp_path):
+    a, b, q = tmp_path / "flux", tmp_path / "sd3", tmp_path / "flux-fp8-prequant"
+    for d in (a, b, q):
+        d.mkdir()
+    cases_file = tmp_path / "cases.json"
+    cases_file.write_text(json.dumps([{"model": str(a), "method": "int8"}, {"model": str(b), "method": "fp8"},
+                                      {"baseline": str(a), "quantized": str(q)}]))
+    log = []
+    argv = ["--cases", str(cases_file), "--out", str(tmp_path / "o"), "--warmup", "0", "--seeds", "2"]
+    assert run_compare_command(_cli(argv), engine_factory=make_factory(log)) == 0
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [(c["name"], c["baseline"], c["candidate"]) for c in data["cases"]] == [
+        ("int8", "bf16", "int8"), ("fp8", "bf16 [sd3]", "fp8"),
+        ("flux-fp8-prequant vs flux", "bf16", "flux-fp8-prequant")]
+    # the flux baseline is generated once and reused by the pre-quantized case
+    assert [e[1] for e in log if e[0] == "create"] == ["bf16", "int8", "bf16", "fp8", "flux-fp8-prequant"]
+    assert data["engines"]["bf16 [sd3]"]["role"] == "baseline"
+    grid = Image.open(tmp_path / "o" / "grid.png")
+    assert grid.width >= 5 * 64
+
+
+def test_latency_percentiles():
+    from quantomni.compare.runner import EngineRun
+
+    run = EngineRun(label="x", spec=None, latencies_s=[0.5, 0.1, 0.2, 0.3, 0.4, 1.0])
+    perf = run.perf()
+    lat = np.array(run.latencies_s)
+    assert perf["latency_mean_s"] == pytest.approx(lat.mean())
+    assert perf["latency_p50_s"] == pytest.approx(0.35) and perf["latency_p90_s"] == pytest.approx(np.percentile(lat, 90))
+    assert perf["throughput_images_per_s"] == pytest.approx(6 / lat.sum())
+
+
+def test_spec_validation(model_dir):
+    from quantomni.compare.errors import CompareInputError
+
+    cases = build_cases(model_dir, ["fp8"], known_methods=KNOWN_METHODS)
+    for kwargs, pattern in (({"repeats": 0}, "--repeats"), ({"height": -8}, "--height"),
+                            ({"prompts": []}, "prompts"), ({"warmup": -1}, "--warmup")):
+        args = {"cases": cases, "prompts": ["x"], **kwargs}
+        with pytest.raises(CompareInputError, match=pattern):
+            CompareSpec(**args)
