@@ -1,7 +1,8 @@
 """Run baseline and candidate engines on identical settings and score the candidates.
 
-Every engine gets the same prompts, seeds, steps, resolution, guidance and negative prompt, so any
-difference in the images comes from the quantization.  Engines are loaded one at a time and
+Every engine gets the same prompts, seeds, steps, resolution, guidance and negative prompt, and the
+same engine keyword arguments (dtype, device), so any difference in the images comes from the
+quantization.  Engines are loaded one at a time and
 closed before the next one is built, so peak device memory is that of the largest engine.
 
 Engines are built by ``engine_factory(spec: EngineSpec, engine_kwargs: dict)``; the default
@@ -239,6 +240,7 @@ def run_comparison(spec: CompareSpec, engine_factory: EngineFactory | None = Non
                 run.description = dict(engine.describe()) if hasattr(engine, "describe") else {}
                 run.load_time_s = float(run.description.get("load_time_s", built_s))
                 wb = getattr(engine, "denoiser_weight_bytes", None)
+                wb = wb() if callable(wb) else wb
                 run.denoiser_weight_bytes = int(wb) if wb is not None else None
                 _run_engine(engine, run, spec, scorers, bar)
             finally:
