@@ -66,7 +66,10 @@ def test_quality_gate_on_tiny_quantized_generator(tmp_path, monkeypatch):
     model = tmp_path / "tiny"
     model.mkdir()
     parser = add_compare_arguments(argparse.ArgumentParser())
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["a tiny test prompt"]))
     argv = ["--model", str(model), "--candidates", "fp8,int8,nvfp4", "--seeds", "0,1", "--warmup", "0",
+            "--prompts", str(prompts),
             "--num-inference-steps", "4", "--out", str(tmp_path / "out")]
     # measured: int8 ~63 dB, fp8 ~55 dB, nvfp4 ~47 dB PSNR on this contractive toy; the gate separates 4-bit
     assert run_compare_command(parser.parse_args(argv + ["--gate", "psnr>=50,ssim>=0.99"]), _factory) == 1
