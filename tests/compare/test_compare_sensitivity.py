@@ -172,3 +172,5 @@ def test_cli_per_layer_writes_policy_file(tmp_path, capsys):
     assert engines[0].closed
     assert load_policy(tmp_path / "o" / "sensitivity.json")["bf16"] == ["fc2"]
     assert "worst: fc2" in capsys.readouterr().out
+    md = (tmp_path / "o" / "sensitivity.md").read_text()
+    assert "| 1 | fc2 |" in md and "Policy: bf16 1 layers, fp8 0 layers, nvfp4 3 layers" in md

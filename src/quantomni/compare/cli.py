@@ -100,7 +100,7 @@ def find_denoiser(engine: Any):
 
 
 def _run_per_layer(args, factory: EngineFactory) -> int:
-    from quantomni.compare.sensitivity import run_sensitivity, write_sensitivity_json
+    from quantomni.compare.sensitivity import render_sensitivity_markdown, run_sensitivity, write_sensitivity_json
 
     if not args.model:
         raise CompareInputError("--per-layer needs --model")
@@ -122,6 +122,7 @@ def _run_per_layer(args, factory: EngineFactory) -> int:
         if hasattr(engine, "close"):
             engine.close()
     path = write_sensitivity_json(result, Path(args.out) / "sensitivity.json")
+    (Path(args.out) / "sensitivity.md").write_text(render_sensitivity_markdown(result), encoding="utf-8")
     worst = ", ".join(f"{r['name']} ({r['sqnr_db']:.1f} dB)" for r in result["layers"][:5])
     print(f"per-layer sensitivity ({result['format']}): {len(result['layers'])} layers, worst: {worst}")
     print(f"wrote {path}")

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from quantomni.compare.gates import GateResult
+from quantomni.compare.perceptual import NOT_COMPUTED
 from quantomni.compare.runner import Report
 
 _GIB = 1024 ** 3
@@ -73,6 +74,10 @@ def render_markdown(report: Report, gate_results: list[GateResult] | None = None
                  f"{s['repeats']} timed repeat(s) after {s['warmup']} warm-up run(s).")
     lines.append("")
     lines.append(f"LPIPS: {report.perceptual['lpips']}. CLIP score: {report.perceptual['clip_score']}.")
+    hints = [flag for key, flag in (("lpips", "--lpips-weights FILE"), ("clip_score", "--clip-model DIR"))
+             if report.perceptual[key] == NOT_COMPUTED]
+    if hints:
+        lines.append(f"(To compute them, pass {' and '.join(hints)}: local weights, never downloaded.)")
     lines.append("")
     header = ["case", "vs", "PSNR dB ↑", "SSIM ↑", "MAE ↓", "LPIPS ↓", "CLIP", "CLIP Δ",
               "latency mean / p50 / p90 s", "img/s", "peak mem GiB", "denoiser MiB", "load s"]

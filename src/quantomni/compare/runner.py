@@ -215,7 +215,8 @@ def _total_steps(spec: CompareSpec, n_engines: int) -> int:
     return n_engines * (spec.warmup + len(spec.prompts) * len(spec.seeds) * spec.repeats)
 
 
-def run_comparison(spec: CompareSpec, engine_factory: EngineFactory | None = None, progress: bool = True) -> Report:
+def run_comparison(spec: CompareSpec, engine_factory: EngineFactory | None = default_factory,
+                   progress: bool = True) -> Report:
     """Generate with every distinct engine (one loaded at a time) and score each case; see module doc."""
     factory = engine_factory or default_factory
     scorers = PerceptualScorers.from_paths(spec.lpips_weights, spec.clip_model, spec.metric_device)

@@ -271,3 +271,17 @@ def resolve_policy_format(layer_name: str, policy: dict[str, list[str]]) -> str 
         if any(fnmatch.fnmatchcase(layer_name, g) for g in policy.get(fmt, [])):
             return fmt
     return None
+
+
+def render_sensitivity_markdown(result: dict, top: int = 20) -> str:
+    """A short table of the most damaged layers and the policy sizes, for a PR or a terminal."""
+    lines = [f"# Per-layer sensitivity ({result['format']}, mode {result['mode']})", "",
+             "| rank | layer | SQNR dB | " + " | ".join(f"{f} SQNR dB" for f in result.get("other_formats", {})) + " |",
+             "|---|---|---|" + "---|" * len(result.get("other_formats", {}))]
+    others = {f: {r["name"]: r["sqnr_db"] for r in rows} for f, rows in result.get("other_formats", {}).items()}
+    for r in result["layers"][:top]:
+        cells = [str(r["rank"]), r["name"], f"{r['sqnr_db']:.2f}"] + [f"{others[f].get(r['name'], math.nan):.2f}" for f in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    policy = result["policy"]
+    lines += ["", "Policy: " + ", ".join(f"{fmt} {len(policy[fmt])} layers" for fmt in ("bf16", "fp8", "nvfp4")), ""]
+    return "\n".join(lines)
