@@ -217,3 +217,19 @@ def test_spec_validation(model_dir):
         args = {"cases": cases, "prompts": ["x"], **kwargs}
         with pytest.raises(CompareInputError, match=pattern):
             CompareSpec(**args)
+
+
+def test_candidate_generated_before_its_second_baseline(tmp_path):
+    from quantomni.compare.cases import Case, EngineSpec
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    base_a = EngineSpec(str(a), None, label="A")
+    base_b = EngineSpec(str(b), None, label="B")
+    cand = EngineSpec(str(a), "int8", label="int8")
+    cases = [Case("int8 vs A", base_a, cand), Case("int8 vs B", base_b, cand)]
+    spec = CompareSpec(cases=cases, prompts=["x"], seeds=[0, 1, 2], warmup=0)
+    report = run_comparison(spec, engine_factory=make_factory(), progress=False)
+    assert [c["name"] for c in report.cases] == ["int8 vs A", "int8 vs B"]
+    assert all(len(c["per_prompt"][0]["per_seed"]) == 3 for c in report.cases)

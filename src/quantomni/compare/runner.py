@@ -239,7 +239,8 @@ def run_comparison(spec: CompareSpec, engine_factory: EngineFactory | None = def
             built_s = time.perf_counter() - start
             try:
                 run.description = dict(engine.describe()) if hasattr(engine, "describe") else {}
-                run.load_time_s = float(run.description.get("load_time_s", built_s))
+                reported = run.description.get("load_time_s")
+                run.load_time_s = float(built_s if reported is None else reported)
                 wb = getattr(engine, "denoiser_weight_bytes", None)
                 wb = wb() if callable(wb) else wb
                 run.denoiser_weight_bytes = int(wb) if wb is not None else None
@@ -255,9 +256,11 @@ def run_comparison(spec: CompareSpec, engine_factory: EngineFactory | None = def
                     continue
                 case_results.append(_score_case(case, runs[case.baseline.key()], runs[case.candidate.key()], spec, scorers))
                 done_cases.add(case.name)
-            # Candidates that no later case uses as a baseline keep only the first seed's images (for the grid).
-            if es.key() not in baseline_keys:
-                run.images = {k: v for k, v in run.images.items() if k[1] == spec.seeds[0]}
+            # A pure candidate whose cases are all scored keeps only the first seed's images (for the grid).
+            for key, done_run in runs.items():
+                if key not in baseline_keys and all(c.name in done_cases for c in spec.cases
+                                                    if c.candidate.key() == key):
+                    done_run.images = {k: v for k, v in done_run.images.items() if k[1] == spec.seeds[0]}
     order = {c.name: i for i, c in enumerate(spec.cases)}
     case_results.sort(key=lambda c: order[c["name"]])
     engines_out = {}
