@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_flux_fixture import build_tiny_flux  # noqa: E402
+from compare_tiny_flux import build_tiny_flux  # noqa: E402
 
 from quantomni.compare.cli import add_compare_arguments, run_compare_command  # noqa: E402
 

@@ -7,7 +7,8 @@ steps and resolution.  Candidates come from ``--candidates`` tokens:
 - a quantization method name (``fp8``, ``int8``, ...; the valid set comes from the method
   registry, see :func:`default_known_methods`);
 - ``gguf`` (needs ``--gguf-model PATH``), ``gguf:PATH`` or a path ending in ``.gguf``;
-- an existing model directory: a pre-quantized checkpoint compared against the ``--model`` base.
+- an existing model directory: a pre-quantized checkpoint compared against the ``--model`` base
+  (method names win over same-named directories: write ``./fp8`` for a directory called ``fp8``).
 
 or from a JSON cases file: a list of ``{"model": DIR, "method": NAME}`` (that model quantized with
 that method against the same model unquantized; optional ``"gguf_model"``, ``"name"``) or
