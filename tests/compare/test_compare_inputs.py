@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from quantomni.compare.cases import (FALLBACK_METHODS, build_cases, default_known_methods, load_cases_file,
+from quantomni.compare.cases import (build_cases, default_known_methods, load_cases_file,
                                      load_prompts, parse_candidate, parse_seeds)
 from quantomni.compare.errors import CompareInputError, GateSyntaxError, ImageMismatchError
 from quantomni.compare.gates import evaluate_gates, failing_cases, parse_gates
@@ -55,13 +55,12 @@ def test_candidate_errors(dirs, tmp_path):
         build_cases(str(base), [], known_methods=METHODS)
 
 
-def test_default_known_methods_falls_back_while_registry_missing():
+def test_default_known_methods_come_from_the_registry():
+    from quantomni.methods.registry import registered_methods
+
     methods = default_known_methods()
     assert "fp8" in methods and "int8" in methods
-    try:
-        import quantomni.methods.registry  # noqa: F401
-    except ImportError:
-        assert methods == FALLBACK_METHODS
+    assert methods == frozenset(registered_methods())
 
 
 def test_build_cases_unique_names(dirs):

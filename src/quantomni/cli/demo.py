@@ -24,18 +24,8 @@ def add_arguments(p):
     p.add_argument("--device", default=None)
 
 
-def psnr(a, b) -> float:
-    import numpy as np
-
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
-    mse = float(((a - b) ** 2).mean())
-    return float("inf") if mse == 0 else 10.0 * __import__("math").log10(255.0**2 / mse)
-
-
 def run(args) -> int:
+    from quantomni.compare.metrics import psnr
     from quantomni.demo_models import write_demo_model
     from quantomni.pipeline.omni import Omni
 

@@ -25,20 +25,13 @@ from typing import Iterable
 
 from quantomni.compare.errors import CompareInputError
 
-#: Used only while ``quantomni.methods.registry`` does not exist yet.
-FALLBACK_METHODS = frozenset({"fp8", "int8", "gguf"})
 UNQUANTIZED_TOKENS = frozenset({"bf16", "none"})
 
 
 def default_known_methods() -> frozenset[str]:
-    """Method names accepted as candidates: the registry's, or a fallback while it is missing."""
-    try:
-        from quantomni.methods.registry import registered_methods
-    except ImportError as exc:
-        # TODO(lead): drop this fallback once quantomni.methods.registry.registered_methods exists.
-        if exc.name is not None and not exc.name.startswith("quantomni"):
-            raise
-        return FALLBACK_METHODS
+    """Method names accepted as candidates: the method registry's."""
+    from quantomni.methods.registry import registered_methods
+
     return frozenset(str(name) for name in registered_methods())
 
 

@@ -88,8 +88,8 @@ def _build_spec(args) -> CompareSpec:
 
 
 def find_denoiser(engine: Any):
-    """The engine's denoiser ``nn.Module``.  TODO(lead): expose one stable attribute on Omni."""
-    for path in ("denoiser", "transformer", "pipeline.transformer", "pipe.transformer"):
+    """The engine's denoiser ``nn.Module`` (``Omni.denoiser``; fakes may expose ``.transformer``)."""
+    for path in ("denoiser", "transformer"):
         obj = engine
         for part in path.split("."):
             obj = getattr(obj, part, None)

@@ -35,10 +35,12 @@ QUALITY_METRICS = ("psnr", "ssim", "mae", "lpips", "clip_score", "clip_score_del
 def default_factory(spec: EngineSpec, engine_kwargs: dict) -> Any:
     """Build ``quantomni.Omni`` for one spec (imported here: the engine is heavy)."""
     try:
-        from quantomni import Omni  # TODO(lead): confirm gguf is selected by quantization="gguf" + gguf_model
+        from quantomni import Omni
     except ImportError as exc:
         raise ImportError(f"quantomni compare needs the engine quantomni.Omni, which could not be imported: {exc}") from exc
-    return Omni(model=spec.model, quantization=spec.quantization, gguf_model=spec.gguf_model, **engine_kwargs)
+    # A GGUF file selects its own method: Omni takes gguf_model alone.
+    quantization = None if spec.gguf_model else spec.quantization
+    return Omni(model=spec.model, quantization=quantization, gguf_model=spec.gguf_model, **engine_kwargs)
 
 
 @dataclass

@@ -138,6 +138,11 @@ class Omni:
 
     # ------------------------------------------------------------------ info
     @property
+    def denoiser(self):
+        """The denoiser module (transformer / unet), or None for pipelines without one."""
+        return getattr(self.pipe, self.denoiser_component) if self.denoiser_component else None
+
+    @property
     def denoiser_weight_bytes(self) -> int:
         if self.denoiser_component is None:
             return 0
