@@ -1,0 +1,246 @@
+"""One FLUX.1-dev transformer step (1024x1024, batch 1): BF16 vs quantomni FP8 / INT8 vs torchao FP8,
+in the same execution mode, side by side in one run.
+
+Model: FluxTransformer2DModel with the FLUX.1-dev configuration (hidden 3072, 24 heads x 128,
+19 double + 38 single blocks; `--depth small` keeps 2 + 4 blocks for iteration), random weights
+(std 1/sqrt(in_features)), built directly on the GPU. Inputs: 4096 image tokens (1024x1024 after
+the VAE and 2x2 packing) + 512 text tokens, timestep 0.5, guidance 3.5.
+
+Variants: `bf16`; `fp8`/`int8` = quantomni online quantization (adapter-sensitive layers kept
+BF16), optionally `fp8@BACKEND` to force a kernel; `torchao-fp8` = torchao
+Float8DynamicActivationFloat8WeightConfig(PerRow) on the same layers.
+Modes: `eager`; `graph` (eager kernels captured in one CUDA graph); `compiled` (diffusers'
+regional compilation of the repeated blocks, fullgraph=True; a graph break is recorded as an error).
+
+    PYTHONPATH=src python benchmarks/bench_flux_step.py --depth full --out step.json --commit abc123
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+DEVICE = "cuda"
+
+FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                axes_dims_rope=(16, 56, 56))
+
+
+def build_model(depth: str, seed: int = 0):
+    from diffusers import FluxTransformer2DModel
+
+    cfg = dict(FLUX_DEV)
+    if depth == "small":
+        cfg.update(num_layers=2, num_single_layers=4)
+    elif depth == "tiny":  # CPU smoke test of the script itself
+        cfg.update(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=64,
+                   joint_attention_dim=256, pooled_projection_dim=64, axes_dims_rope=(16, 24, 24))
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(**cfg)
+    model = model.to_empty(device=DEVICE).to(torch.bfloat16)
+    gen = torch.Generator(DEVICE).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=gen, device=DEVICE, dtype=torch.float32) / p.shape[1] ** 0.5)
+            elif name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=gen, device=DEVICE) * 0.02)
+            else:
+                p.fill_(1.0)
+    assert not list(model.buffers()), "unexpected buffers left uninitialised"
+    return model.eval().requires_grad_(False)
+
+
+def make_inputs(depth: str, seed: int = 1):
+    g = torch.Generator(DEVICE).manual_seed(seed)
+    bf = torch.bfloat16
+    img, txt, joint, pooled = (4096, 512, 4096, 768) if depth != "tiny" else (64, 16, 256, 64)
+    return dict(
+        hidden_states=torch.randn(1, img, 64, generator=g, device=DEVICE, dtype=bf),
+        encoder_hidden_states=torch.randn(1, txt, joint, generator=g, device=DEVICE, dtype=bf),
+        pooled_projections=torch.randn(1, pooled, generator=g, device=DEVICE, dtype=bf),
+        timestep=torch.full((1,), 0.5, device=DEVICE, dtype=bf),
+        img_ids=torch.zeros(img, 3, device=DEVICE, dtype=bf),
+        txt_ids=torch.zeros(txt, 3, device=DEVICE, dtype=bf),
+        guidance=torch.full((1,), 3.5, device=DEVICE, dtype=bf),
+        return_dict=False,
+    )
+
+
+def quantize(model, variant: str):
+    """Apply a variant in place; returns (description, n quantized layers)."""
+    from quantomni.config import build_quant_config
+    from quantomni.models.registry import get_adapter
+
+    adapter = get_adapter("flux")
+    if variant == "bf16":
+        return "bf16", 0
+    if variant == "torchao-fp8":
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        names = set()
+
+        def keep(mod, fqn):
+            ok = isinstance(mod, torch.nn.Linear) and adapter.sensitive_match(fqn) is None
+            if ok:
+                names.add(fqn)
+            return ok
+
+        quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=keep)
+        return "torchao Float8DynamicActivationFloat8Weight PerRow", len(names)
+    from quantomni.pipeline.backends import BackendRequest
+    from quantomni.pipeline.loader import quantize_module_in_place
+
+    method, _, backend = variant.partition("@")
+    cfg = build_quant_config(method).components["denoiser"]
+    backends = BackendRequest.parse(f"{method}={backend}" if backend else "auto")
+    plan = quantize_module_in_place(model, "transformer", cfg, adapter, torch.device(DEVICE), torch.bfloat16, backends)
+    return plan.summary(), plan.quantized_count
+
+
+def weight_bytes(model) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        try:
+            total += t.numel() * t.element_size()
+        except Exception:
+            total += getattr(t, "nbytes", 0)
+    return total
+
+
+def time_fn(fn, warmup: int, iters: int) -> list[float]:
+    if DEVICE == "cpu":
+        out = []
+        for _ in range(iters):
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3)
+        return out
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e))
+    return times
+
+
+def run_mode(model, inputs, mode: str, warmup: int, iters: int):
+    info = {}
+    if mode == "eager":
+        fn = lambda: model(**inputs)[0]  # noqa: E731
+    elif mode == "graph":
+        static_out = None
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model(**inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(**inputs)[0]
+        fn = lambda: (graph.replay(), static_out)[1]  # noqa: E731
+    elif mode == "compiled":
+        t0 = time.perf_counter()
+        model.compile_repeated_blocks(fullgraph=True)
+        fn = lambda: model(**inputs)[0]  # noqa: E731
+        fn()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        info["compile_s"] = time.perf_counter() - t0
+    else:
+        raise ValueError(mode)
+    out = fn().float()
+    times = time_fn(fn, warmup, iters)
+    return out, times, info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--depth", choices=["tiny", "small", "full"], default="small")
+    ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of the script (--depth tiny)")
+    ap.add_argument("--variants", default="bf16,fp8,int8,torchao-fp8")
+    ap.add_argument("--modes", default="eager,graph,compiled")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out", default="flux_step.json")
+    ap.add_argument("--commit", default="unknown")
+    args = ap.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    inputs = make_inputs(args.depth)
+    rows, ref = [], {}
+    for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
+        for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+            row = {"variant": variant, "mode": mode, "depth": args.depth}
+            model = None
+            try:
+                torch._dynamo.reset()
+                model = build_model(args.depth)
+                desc, nq = quantize(model, variant)
+                row.update(description=desc, quantized_layers=nq, weight_bytes=weight_bytes(model))
+                with torch.inference_mode():
+                    out, times, info = run_mode(model, inputs, mode, args.warmup, args.iters)
+                row.update(info)
+                row["ms_median"] = statistics.median(times)
+                row["ms_min"] = min(times)
+                row["finite"] = bool(torch.isfinite(out).all())
+                if variant == "bf16" and mode == "eager":
+                    ref["out"] = out
+                if "out" in ref:
+                    row["rel_err_vs_bf16"] = float((out - ref["out"]).norm() / ref["out"].norm())
+            except Exception as exc:  # record and continue: one failure must not lose the run
+                row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                traceback.print_exc()
+            finally:
+                del model
+                gc.collect()
+                torch.cuda.empty_cache()
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "description"}), flush=True)
+    base = {r["mode"]: r["ms_median"] for r in rows if r["variant"] == "bf16" and "ms_median" in r}
+    for r in rows:
+        if "ms_median" in r and r["mode"] in base:
+            r["speedup_vs_bf16_same_mode"] = base[r["mode"]] / r["ms_median"]
+    meta = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": args.commit,
+            "depth": args.depth, "timer": "CUDA events, median of iters after warmup"}
+    try:
+        import torchao
+
+        meta["torchao"] = torchao.__version__
+    except Exception:
+        meta["torchao"] = None
+    with open(args.out, "w") as fh:
+        json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+    print(f"\n{meta['device']}, torch {meta['torch']}, depth {args.depth}, commit {args.commit}")
+    print(f"{'variant':22s} {'mode':9s} {'ms':>8s} {'x BF16':>7s} {'rel err':>8s} {'GiB':>6s}  note")
+    for r in rows:
+        if "ms_median" in r:
+            print(f"{r['variant']:22s} {r['mode']:9s} {r['ms_median']:8.2f} {r.get('speedup_vs_bf16_same_mode', float('nan')):7.2f} "
+                  f"{r.get('rel_err_vs_bf16', float('nan')):8.4f} {r['weight_bytes'] / 2**30:6.2f}  {('compile %.0fs' % r['compile_s']) if 'compile_s' in r else ''}")
+        else:
+            print(f"{r['variant']:22s} {r['mode']:9s} ERROR {r.get('error', '')[:150]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
