@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--max-pixels", type=int, default=2048 * 2048)
     p.add_argument("--default-size", default=None, help="WxH used when a request gives no size (default 1024x1024)")
     p.add_argument("--default-steps", type=int, default=None, help="steps used when a request gives none")
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="do not capture the denoiser step in CUDA graphs (graphs are the default on CUDA)")
 
 
 def _settings(args):
@@ -39,11 +41,14 @@ def run(args) -> int:
     from quantomni.pipeline.omni import Omni
     from quantomni.serve.server import run_server
 
+    import torch
+
     settings = _settings(args)  # validate flags before spending time on loading
+    on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     omni = Omni(
         args.model, quantization=args.quantization, quantization_config=quantization_config_arg(args.quantization_config),
         linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model,
-        model_id=args.served_model_name,
+        model_id=args.served_model_name, cuda_graphs=on_cuda and not args.enforce_eager,
     )
     run_server(omni, settings)
     return 0

@@ -57,6 +57,7 @@ class Omni:
     linear_backend: "auto", a backend name ("torch", "scaled_mm", "int_mm"), or per format
         ("fp8=scaled_mm,int8=torch" or a dict). A backend that cannot run here is an error.
     dtype: compute dtype of unquantized parts; device: "cuda", "cpu" or None (= cuda if present).
+    cuda_graphs: capture the denoiser step in CUDA graphs (one per shape); CUDA only.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class Omni:
         progress: bool = True,
         model_id: str | None = None,
         gguf_model: str | Path | None = None,
+        cuda_graphs: bool = False,
     ):
         t0 = time.perf_counter()
         self.model_dir = Path(model)
@@ -126,6 +128,13 @@ class Omni:
             self.plans[comp] = quantize_module_in_place(module, comp, cfg, GENERIC, self.device, self.dtype, self.backends)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=not progress, leave=False)
+        self.cuda_graphs = None
+        if cuda_graphs:
+            if self.device.type != "cuda":
+                raise ValueError("cuda_graphs=True needs a CUDA device; use enforce-eager on CPU")
+            from quantomni.pipeline.cuda_graph import enable_cuda_graphs
+
+            self.cuda_graphs = enable_cuda_graphs(self.denoiser)
         if self.quant_config.is_quantized and sum(p.quantized_count for p in self.plans.values()) == 0:
             raise QuantizationError("a quantization was requested but zero layers were quantized")
         self.load_time_s = time.perf_counter() - t0
@@ -174,6 +183,7 @@ class Omni:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "load_time_s": round(self.load_time_s, 4),
+            "cuda_graphs": self.cuda_graphs is not None,
             "quantization": self.quant_config.to_dict(),
             "components": comps,
         }
