@@ -105,7 +105,8 @@ def _per_token_quant(x: torch.Tensor, out_dtype: torch.dtype, qmax: float):
     single = k_pow2 <= MAX_SINGLE_PASS_K
     block_k = k_pow2 if single else 4096
     block_m = max(1, min(16, 2048 // block_k)) if single else 1
-    num_warps = 8 if block_k * block_m >= 4096 else 4
+    elems = block_k * block_m
+    num_warps = 16 if elems >= 16384 else 8 if elems >= 4096 else 4
     grid = (triton.cdiv(M, block_m),)
     kernel[grid](
         x, q, s, M, x.stride(0), q.stride(0), K=K,
