@@ -1,0 +1,59 @@
+"""GGUF Q8_0 fused dequantize + GEMM, reading the file's 34-byte blocks directly.
+
+Numerical cases: triton_interp_cases/gguf_gemm_cases.py on the CPU interpreter (subprocess).
+Requirement: K % 32 == 0 (block size). Not checkable on CPU: wgmma numerics, speed.
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+pytest.importorskip("triton")
+
+from quantomni.kernels.triton._common import KernelInputError  # noqa: E402
+from quantomni.kernels.triton.gguf_gemm import q8_0_mm  # noqa: E402
+from triton_kernel_refs import random_q8_0, rel_err, run_interpreter_cases  # noqa: E402
+
+
+def test_interpreter_cases():
+    run_interpreter_cases("gguf_gemm_cases.py")
+
+
+@pytest.fixture
+def interp(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def test_rejects_k_not_multiple_of_32(interp):
+    with pytest.raises(KernelInputError, match="K % 32 == 0"):
+        q8_0_mm(torch.zeros(2, 48, dtype=torch.bfloat16), torch.zeros(4, 51, dtype=torch.uint8))
+
+
+def test_rejects_wrong_row_bytes(interp):
+    with pytest.raises(KernelInputError, match="holds 68 bytes"):
+        q8_0_mm(torch.zeros(2, 64, dtype=torch.bfloat16), torch.zeros(4, 64, dtype=torch.uint8))
+
+
+def test_matches_gguf_library_dequantize():
+    """Our fixture's byte layout agrees with the gguf package's own Q8_0 dequantizer."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize
+
+    gen = torch.Generator().manual_seed(0)
+    w_packed, w_f64 = random_q8_0(4, 64, gen)
+    deq = dequantize(w_packed.numpy(), gguf.GGMLQuantizationType.Q8_0)
+    assert torch.allclose(torch.from_numpy(deq).double().reshape(4, 64), w_f64, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m,n,k", [(1, 3072, 3072), (7, 1000, 3008), (300, 520, 4096)])
+def test_gpu_against_reference(m, n, k):
+    gen = torch.Generator().manual_seed(m)
+    w_packed, w_f64 = random_q8_0(n, k, gen)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    ref = x.double() @ w_f64.to(torch.bfloat16).double().T
+    out = q8_0_mm(x.cuda(), w_packed.cuda(), None, torch.float32)
+    assert rel_err(out.cpu(), ref) < 1e-5
