@@ -32,9 +32,12 @@ def _configs(triton):
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far larger than the problem (small M: decode), keeping at least one."""
+    """Tiles by problem size: small M (decode) gets the narrow tiles, large M the wide ones."""
     m = named_args["M"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, 2 * m)]
+    if m <= 64:
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, 2 * m)]
+    else:
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] >= 64]
     return kept or configs[-1:]
 
 

@@ -44,8 +44,12 @@ def _configs(triton):
 
 
 def _prune(configs, named_args, **kwargs):
+    """Small M keeps the narrow tiles, large M the wide ones."""
     m = named_args["M"]
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, 2 * m)]
+    if m <= 64:
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, 2 * m)]
+    else:
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] >= 64]
     return kept or configs[-1:]
 
 

@@ -1,0 +1,252 @@
+"""Check and time quantomni's Triton kernels against BF16 torch.mm and torch's own quantized GEMMs.
+
+For FLUX.1-dev linear shapes (M = 4608 image+text tokens; (K, N) in (3072, 3072), (3072, 12288),
+(12288, 3072), (3072, 15360)) and small M (1, 16: decode-like), every variant is first checked
+against a torch reference on fresh random data (relative error; NaN fails) and then timed with
+triton.testing.do_bench (median), side by side with BF16 torch.mm in the same run. W8A8 variants
+include their activation quantization. A kernel that fails to compile or run is recorded and the
+run continues.
+
+Usage (GPU):  PYTHONPATH=src python benchmarks/bench_triton_kernels.py --out bench.json
+              [--m 4608,16,1] [--shapes 3072x3072,...] [--max-configs N] [--only fp8,nvfp4]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+import traceback
+
+import torch
+
+FLUX_SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (3072, 15360)]  # (K, N)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="path of the JSON results file")
+    p.add_argument("--m", default="4608,16,1", help="comma-separated token counts M")
+    p.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in FLUX_SHAPES), help="KxN list")
+    p.add_argument("--max-configs", type=int, default=None, help="autotune at most this many configs per kernel")
+    p.add_argument("--only", default="", help="comma-separated variant name filters (substring match)")
+    p.add_argument("--rep-ms", type=int, default=60, help="do_bench measuring time per variant (ms)")
+    return p.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- torch baselines
+def torch_quant_fp8(x):
+    s = (x.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
+    return (x.float() / s).clamp(-448, 448).to(torch.float8_e4m3fn), s
+
+
+def torch_quant_int8(x):
+    s = (x.abs().amax(dim=1, keepdim=True).float() / 127.0).clamp(min=1e-12)
+    return torch.round(x.float() / s).clamp(-127, 127).to(torch.int8), s
+
+
+def scaled_mm_fp8(x_q, xs, w_q, ws_row, bias):
+    """torch._scaled_mm, row-wise scales; bias fused where this torch allows it."""
+    try:
+        return torch._scaled_mm(x_q, w_q.t(), scale_a=xs, scale_b=ws_row, bias=bias,
+                                out_dtype=torch.bfloat16, use_fast_accum=True)
+    except RuntimeError:
+        return torch._scaled_mm(x_q, w_q.t(), scale_a=xs, scale_b=ws_row,
+                                out_dtype=torch.bfloat16, use_fast_accum=True) + bias
+
+
+# ----------------------------------------------------------------------------- weight builders
+def quantize_weights(w, gen):
+    """All quantized forms of one bf16 weight [N, K] (random NVFP4 codes: speed + exactness check)."""
+    n, k = w.shape
+    wf = w.float()
+    out = {}
+    ws8 = (wf.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    out["int8"] = (torch.round(wf / ws8[:, None]).clamp(-127, 127).to(torch.int8), ws8)
+    wsf = (wf.abs().amax(dim=1) / 448.0).clamp(min=1e-12)
+    out["fp8"] = ((wf / wsf[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn), wsf)
+    packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=w.device, generator=gen)
+    scale = (torch.rand(n, k // 16, device=w.device, generator=gen) * 2 + 0.01).to(torch.float8_e4m3fn)
+    out["nvfp4"] = (packed, scale, torch.tensor([0.05], device=w.device))
+    blocks = wf.reshape(n, k // 32, 32)
+    d = (blocks.abs().amax(dim=-1) / 127.0).clamp(min=1e-12).to(torch.float16)
+    qs = torch.round(blocks / d.float()[..., None]).clamp(-127, 127).to(torch.int8)
+    raw = torch.cat([d.view(torch.uint8).reshape(n, k // 32, 2), qs.view(torch.uint8)], dim=-1)
+    out["q8_0"] = (raw.reshape(n, -1).contiguous(), (d.float()[..., None] * qs.float()).reshape(n, k))
+    return out
+
+
+def nvfp4_dequant(packed, scale, s2):
+    table = torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6],
+                         dtype=torch.float32, device=packed.device)
+    n = packed.shape[0]
+    codes = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(n, -1).long()
+    return table[codes] * scale.float().repeat_interleave(16, dim=1) * s2
+
+
+# ----------------------------------------------------------------------------- variants
+def build_variants(x, w, bias, q):
+    """name -> (callable, reference thunk, tolerance). References are fp32 torch on the same inputs."""
+    from quantomni.kernels.triton.act_quant import per_token_quant_fp8, per_token_quant_int8
+    from quantomni.kernels.triton.fp8_gemm import fp8_scaled_mm
+    from quantomni.kernels.triton.gguf_gemm import q8_0_mm
+    from quantomni.kernels.triton.int8_gemm import int8_scaled_mm
+    from quantomni.kernels.triton.nvfp4_gemm import nvfp4_w4a16_mm
+
+    w8, ws8 = q["int8"]
+    wf8, wsf8 = q["fp8"]
+    packed, fscale, s2 = q["nvfp4"]
+    q8raw, q8deq = q["q8_0"]
+    biasf = bias.float()
+    M = x.shape[0]
+
+    def ref_w8a8(quant, wq, ws):
+        def thunk():
+            xq, xs = quant(x)
+            return (xq.float() @ wq.float().T) * xs * ws[None, :] + biasf
+        return thunk
+
+    v = {}
+    v["bf16_torch.mm"] = (lambda: torch.nn.functional.linear(x, w, bias), lambda: x.float() @ w.float().T + biasf, 1e-2)
+    wsf_row = wsf8[None, :].contiguous()
+    v["fp8_torch_scaled_mm(+torch quant)"] = (
+        lambda: scaled_mm_fp8(*torch_quant_fp8(x), wf8, wsf_row, bias), ref_w8a8(torch_quant_fp8, wf8, wsf8), 2e-2)
+    v["fp8_torch_scaled_mm(+triton quant)"] = (
+        lambda: scaled_mm_fp8(*per_token_quant_fp8(x), wf8, wsf_row, bias), ref_w8a8(torch_quant_fp8, wf8, wsf8), 2e-2)
+    v["fp8_triton(quant+gemm)"] = (
+        lambda: fp8_scaled_mm(*per_token_quant_fp8(x), wf8, wsf8, bias), ref_w8a8(torch_quant_fp8, wf8, wsf8), 2e-2)
+
+    def int_mm_path():
+        xq, xs = torch_quant_int8(x)
+        return (torch._int_mm(xq, w8.t()).float() * xs * ws8[None, :] + biasf).to(torch.bfloat16)
+
+    v["int8_torch_int_mm(+torch quant)"] = (int_mm_path, ref_w8a8(torch_quant_int8, w8, ws8), 1e-2)
+    v["int8_triton(quant+gemm)"] = (
+        lambda: int8_scaled_mm(*per_token_quant_int8(x), w8, ws8, bias), ref_w8a8(torch_quant_int8, w8, ws8), 1e-2)
+    v["nvfp4_w4a16_triton"] = (
+        lambda: nvfp4_w4a16_mm(x, packed, fscale, s2, bias),
+        lambda: x.float() @ nvfp4_dequant(packed, fscale, s2).T + biasf, 1e-2)
+    v["nvfp4_w4a16_triton(fp32 out)"] = (
+        lambda: nvfp4_w4a16_mm(x, packed, fscale, s2, bias, torch.float32),
+        lambda: x.float() @ nvfp4_dequant(packed, fscale, s2).T + biasf, 1e-4)
+    v["gguf_q8_0_triton"] = (
+        lambda: q8_0_mm(x, q8raw, bias),
+        lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)
+    v["act_quant_fp8_torch(only)"] = (lambda: torch_quant_fp8(x), None, None)
+    v["act_quant_fp8_triton(only)"] = (lambda: per_token_quant_fp8(x), None, None)
+    return v
+
+
+def rel_err(out, ref):
+    out = out.float()
+    if not torch.isfinite(out).all():
+        return float("nan")
+    return ((out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def limit_autotune(max_configs):
+    """Trim each autotuned kernel's config list (a faster first run; first configs are the big tiles)."""
+    if not max_configs:
+        return
+    from quantomni.kernels.triton import _scaled_mm_core, gguf_gemm, nvfp4_gemm
+
+    tuned = [_scaled_mm_core.build_scaled_mm(False)[1], gguf_gemm._build(False)[1]]
+    tuned += list(nvfp4_gemm._build(False)[1:3])
+    for t in tuned:
+        t.configs = t.configs[:max_configs]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench_triton_kernels.py needs a CUDA GPU")
+    import triton
+    from triton.testing import do_bench
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    limit_autotune(args.max_configs)
+    ms_list = [int(m) for m in args.m.split(",") if m]
+    shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
+    only = [o for o in args.only.split(",") if o]
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(0)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    meta = {
+        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "cuda": torch.version.cuda, "python": platform.python_version(), "commit": commit,
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timing": "triton.testing.do_bench median, ms; W8A8 rows include activation quantization",
+    }
+    results = []
+    t_start = time.time()
+    for (K, N) in shapes:
+        w = (torch.randn(N, K, device=dev, generator=gen) * 0.02).to(torch.bfloat16)
+        bias = (torch.randn(N, device=dev, generator=gen) * 0.1).to(torch.bfloat16)
+        q = quantize_weights(w, gen)
+        for M in ms_list:
+            x = torch.randn(M, K, device=dev, generator=gen).to(torch.bfloat16)
+            variants = build_variants(x, w, bias, q)
+            bf16_ms = None
+            for name, (fn, ref_fn, tol) in variants.items():
+                if only and name != "bf16_torch.mm" and not any(o in name for o in only):
+                    continue
+                rec = {"M": M, "K": K, "N": N, "variant": name}
+                try:
+                    t0 = time.time()
+                    out = fn()  # compiles + autotunes on first call
+                    torch.cuda.synchronize()
+                    rec["first_call_s"] = round(time.time() - t0, 2)
+                    if ref_fn is not None:
+                        err = rel_err(out, ref_fn())
+                        rec["rel_err"] = err
+                        rec["ok"] = bool(err == err and err < tol)
+                    else:
+                        rec["ok"] = True
+                    ms = do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
+                    rec["ms"] = ms
+                    if ref_fn is not None:
+                        rec["tflops"] = 2.0 * M * N * K / (ms * 1e-3) / 1e12
+                    if name == "bf16_torch.mm":
+                        bf16_ms = ms
+                    if bf16_ms:
+                        rec["speedup_vs_bf16"] = bf16_ms / ms
+                except Exception as exc:  # one failing kernel must not stop the run
+                    rec["ok"] = False
+                    rec["error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+                    rec["traceback"] = traceback.format_exc()[-1500:]
+                results.append(rec)
+                print(_row(rec), flush=True)
+            del x, variants
+        del w, q
+        torch.cuda.empty_cache()
+    meta["wall_s"] = round(time.time() - t_start, 1)
+    with open(args.out, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    print(f"\n{meta['device']}  torch {meta['torch']}  triton {meta['triton']}  wall {meta['wall_s']} s")
+    print(_HEADER)
+    for rec in results:
+        print(_row(rec))
+    print(f"wrote {args.out}")
+
+
+_HEADER = f"{'M':>5} {'K':>6} {'N':>6}  {'variant':38} {'ms':>9} {'TFLOP/s':>8} {'xBF16':>6} {'rel_err':>9}  status"
+
+
+def _row(rec):
+    def f(key, fmt):
+        val = rec.get(key)
+        return format(val, fmt) if isinstance(val, (int, float)) and not (isinstance(val, float) and math.isnan(val)) else "-"
+    status = "ok" if rec.get("ok") else ("ERROR " + rec.get("error", "accuracy")[:60] if "error" in rec else "FAIL(accuracy)")
+    return (f"{rec['M']:>5} {rec['K']:>6} {rec['N']:>6}  {rec['variant'][:38]:38} {f('ms', '9.4f')} "
+            f"{f('tflops', '8.1f')} {f('speedup_vs_bf16', '6.2f')} {f('rel_err', '9.2e')}  {status}")
+
+
+if __name__ == "__main__":
+    main()
