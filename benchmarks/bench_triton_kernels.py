@@ -117,16 +117,22 @@ def build_variants(x, w, bias, q):
         lambda: scaled_mm_fp8(*torch_quant_fp8(x), wf8, wsf_row, bias), ref_w8a8(torch_quant_fp8, wf8, wsf8), 2e-2)
     v["fp8_torch_scaled_mm(+triton quant)"] = (
         lambda: scaled_mm_fp8(*per_token_quant_fp8(x), wf8, wsf_row, bias), ref_w8a8(torch_quant_fp8, wf8, wsf8), 2e-2)
-    v["fp8_triton(quant+gemm)"] = (
-        lambda: fp8_scaled_mm(*per_token_quant_fp8(x), wf8, wsf8, bias), ref_w8a8(torch_quant_fp8, wf8, wsf8), 2e-2)
+    def fp8_triton():
+        xq, xs = per_token_quant_fp8(x)
+        return fp8_scaled_mm(xq, wf8, xs, wsf8, bias)
+
+    def int8_triton():
+        xq, xs = per_token_quant_int8(x)
+        return int8_scaled_mm(xq, w8, xs, ws8, bias)
+
+    v["fp8_triton(quant+gemm)"] = (fp8_triton, ref_w8a8(torch_quant_fp8, wf8, wsf8), 2e-2)
 
     def int_mm_path():
         xq, xs = torch_quant_int8(x)
         return (torch._int_mm(xq, w8.t()).float() * xs * ws8[None, :] + biasf).to(torch.bfloat16)
 
     v["int8_torch_int_mm(+torch quant)"] = (int_mm_path, ref_w8a8(torch_quant_int8, w8, ws8), 1e-2)
-    v["int8_triton(quant+gemm)"] = (
-        lambda: int8_scaled_mm(*per_token_quant_int8(x), w8, ws8, bias), ref_w8a8(torch_quant_int8, w8, ws8), 1e-2)
+    v["int8_triton(quant+gemm)"] = (int8_triton, ref_w8a8(torch_quant_int8, w8, ws8), 1e-2)
     v["nvfp4_w4a16_triton"] = (
         lambda: nvfp4_w4a16_mm(x, packed, fscale, s2, bias),
         lambda: x.float() @ nvfp4_dequant(packed, fscale, s2).T + biasf, 1e-2)
@@ -242,7 +248,9 @@ _HEADER = f"{'M':>5} {'K':>6} {'N':>6}  {'variant':38} {'ms':>9} {'TFLOP/s':>8} 
 def _row(rec):
     def f(key, fmt):
         val = rec.get(key)
-        return format(val, fmt) if isinstance(val, (int, float)) and not (isinstance(val, float) and math.isnan(val)) else "-"
+        width = int(fmt.split(".")[0])
+        ok = isinstance(val, (int, float)) and not (isinstance(val, float) and math.isnan(val))
+        return format(val, fmt) if ok else "-".rjust(width)
     status = "ok" if rec.get("ok") else ("ERROR " + rec.get("error", "accuracy")[:60] if "error" in rec else "FAIL(accuracy)")
     return (f"{rec['M']:>5} {rec['K']:>6} {rec['N']:>6}  {rec['variant'][:38]:38} {f('ms', '9.4f')} "
             f"{f('tflops', '8.1f')} {f('speedup_vs_bf16', '6.2f')} {f('rel_err', '9.2e')}  {status}")

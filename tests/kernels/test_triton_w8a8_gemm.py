@@ -78,3 +78,8 @@ def test_gpu_against_reference(m, n, k):
         ref = (xf.double() @ wf.double().T) * xs.double() * ws.double() + bias.double()
         # fp8 wgmma accumulates with reduced precision (fast accumulation)
         assert rel_err(fp8_scaled_mm(xf, wf, xs, ws, bias, torch.bfloat16), ref) < 1e-2
+
+
+def test_benchmark_script_variants_under_interpreter():
+    """benchmarks/bench_triton_kernels.py's variants vs their references (tiny CPU shapes)."""
+    run_interpreter_cases("bench_variants_cases.py")
