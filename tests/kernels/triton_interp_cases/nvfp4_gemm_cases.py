@@ -32,15 +32,17 @@ def test_matches_f64_dequant_reference(m, n, k):
     assert rel_err(out, ref) < 1e-6
 
 
+@pytest.mark.parametrize("mode", ["atomic", "reduce"])
 @pytest.mark.parametrize("split_k", [2, 3, 4])
-def test_small_m_split_k_paths(split_k):
+def test_small_m_split_k_paths(split_k, mode):
     gen = torch.Generator().manual_seed(split_k)
     x = torch.randn(3, 96, generator=gen).to(torch.bfloat16)
     w_packed, w_scale, w_scale_2 = random_nvfp4(40, 96, gen)
     bias = torch.randn(40, generator=gen).to(torch.bfloat16)
-    out = nvfp4_w4a16_mm(x, w_packed, w_scale, w_scale_2, bias, torch.float32, split_k=split_k)
     ref = x.double() @ nvfp4_dequant_f64(w_packed, w_scale, w_scale_2).T + bias.double()
-    assert rel_err(out, ref) < 1e-6
+    for _ in range(2):  # the second call checks that the atomic path left its workspace zeroed
+        out = nvfp4_w4a16_mm(x, w_packed, w_scale, w_scale_2, bias, torch.float32, split_k=split_k, splitk_mode=mode)
+        assert rel_err(out, ref) < 1e-6
 
 
 def test_large_path_used_for_small_m_when_forced():

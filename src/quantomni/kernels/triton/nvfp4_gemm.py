@@ -119,12 +119,17 @@ def _build(interpret: bool):
 
     @triton.jit
     def nvfp4_splitk_kernel(
-        x_ptr, w_ptr, s_ptr, s2_ptr, bias_ptr, out_ptr, part_ptr, M, N,
+        x_ptr, w_ptr, s_ptr, s2_ptr, bias_ptr, out_ptr, part_ptr, cnt_ptr, M, N,
         stride_xm, stride_wn, stride_sn, stride_om,
-        K: tl.constexpr, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, DOT_F32: tl.constexpr,
+        K: tl.constexpr, SPLIT_K: tl.constexpr, ATOMIC_FIXUP: tl.constexpr, HAS_BIAS: tl.constexpr,
+        DOT_F32: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
-        """Small M: grid (N tiles, SPLIT_K). SPLIT_K == 1 writes the output; else fp32 partials."""
+        """Small M: grid (N tiles, SPLIT_K). SPLIT_K == 1 writes the output directly. Otherwise either
+        ATOMIC_FIXUP: partials are atomically added into a zeroed fp32 workspace [M, N]; the last
+        program of each N tile (per-tile arrival counter) applies the epilogue and leaves workspace
+        and counter zeroed again (one launch, no memset); or fp32 partials [SPLIT_K, M, N] for
+        splitk_reduce_kernel (two launches, deterministic)."""
         pid_n = tl.program_id(0)
         pid_k = tl.program_id(1)
         K_ITERS: tl.constexpr = (K + BLOCK_K * SPLIT_K - 1) // (BLOCK_K * SPLIT_K)
@@ -164,6 +169,21 @@ def _build(interpret: bool):
                 out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
             o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
             tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+        elif ATOMIC_FIXUP:
+            p_ptrs = part_ptr + offs_m[:, None] * N + offs_n[None, :]
+            tl.atomic_add(p_ptrs, acc, mask=mask)
+            tl.debug_barrier()  # every thread's partial is issued before the arrival is counted
+            arrived = tl.atomic_add(cnt_ptr + pid_n, 1)
+            if arrived == SPLIT_K - 1:
+                # read the sum where the atomics landed (L2), then leave zeros for the next call
+                total = tl.atomic_add(p_ptrs, tl.zeros_like(acc), mask=mask)
+                tl.store(p_ptrs, tl.zeros_like(acc), mask=mask)
+                out = total * tl.load(s2_ptr)
+                if HAS_BIAS:
+                    out += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+                o_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :]
+                tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=mask)
+                tl.store(cnt_ptr + pid_n, 0)  # every program of this tile has arrived
         else:
             p_ptrs = part_ptr + (pid_k * M + offs_m)[:, None] * N + offs_n[None, :]
             tl.store(p_ptrs, acc, mask=mask)
@@ -214,17 +234,36 @@ def prepare_nvfp4_weight(w_packed: torch.Tensor, w_scale: torch.Tensor):
     return w_packed.contiguous(), scale_bytes.contiguous()
 
 
+_WORKSPACES: dict = {}
+
+
+def _fixup_workspace(device, mn: int, n: int):
+    """Zeroed fp32 [>= M*N] accumulator and int32 [>= N] arrival counters, reused across calls.
+
+    The split-K kernel leaves both zeroed after every launch, so no memset runs per call. Allocate
+    (warm up) before CUDA-graph capture; calls on concurrent streams must not share a device.
+    """
+    key = (device.type, device.index)
+    acc, cnt = _WORKSPACES.get(key, (None, None))
+    if acc is None or acc.numel() < mn or cnt.numel() < n:
+        acc = torch.zeros(max(mn, 1 << 16), dtype=torch.float32, device=device)
+        cnt = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
+        _WORKSPACES[key] = (acc, cnt)
+    return acc, cnt
+
+
 def _split_for(n_tiles: int, k: int, device) -> int:
     """Split-K factor so that about two programs run per SM, each still streaming >= 512 inputs."""
     sms = _num_sms(device.index or 0) if device.type == "cuda" else 4
     split = 1
-    while split < 16 and n_tiles * split * 2 <= 2 * sms and k // (split * 2) >= 512:
+    while split < 16 and n_tiles * split * 2 <= 2 * sms and k // (split * 2) >= 256:
         split *= 2
     return split
 
 
 def nvfp4_w4a16_mm(
     x, w_packed, w_scale, w_scale_2, bias=None, out_dtype=None, small_m_max=SMALL_M_MAX, split_k=None,
+    splitk_mode="atomic",
 ):
     """out = x @ dequant(W).T + bias, W in NVFP4, dequantized in registers, bf16/fp16 MMA.
 
@@ -236,6 +275,7 @@ def nvfp4_w4a16_mm(
     out_dtype:   bfloat16 / float16 / float32; defaults to x.dtype
     small_m_max: rows up to which the split-K decode kernel is used
     split_k:     override the decode kernel's split-K factor (1..64; tests and benchmarks)
+    splitk_mode: "atomic" (one launch, reused zeroed workspace) or "reduce" (second launch, deterministic)
     returns:     [M, N] out_dtype
     """
     check_tensor("x", x, _X_DTYPES, 2)
@@ -271,14 +311,22 @@ def nvfp4_w4a16_mm(
         split = _split_for(n_tiles, K, x.device) if split_k is None else int(split_k)
         if not 1 <= split <= 64:
             raise KernelInputError(f"split_k is {split_k}; allowed: 1..64")
-        part = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
+        if splitk_mode not in ("atomic", "reduce"):
+            raise KernelInputError(f"splitk_mode is {splitk_mode!r}; allowed: 'atomic', 'reduce'")
+        atomic = split > 1 and splitk_mode == "atomic"
+        if atomic:
+            part, counters = _fixup_workspace(x.device, M * N, N)
+        else:
+            part = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
+            counters = part
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), split)
         small[grid](
-            x, w_packed, w_scale, s2, bias_arg, out, part, M, N,
+            x, w_packed, w_scale, s2, bias_arg, out, part, counters, M, N,
             x.stride(0), w_packed.stride(0), w_scale.stride(0), out.stride(0),
-            K=K, SPLIT_K=split, HAS_BIAS=bias is not None, DOT_F32=interpret, BLOCK_M=block_m,
+            K=K, SPLIT_K=split, ATOMIC_FIXUP=atomic, HAS_BIAS=bias is not None, DOT_F32=interpret,
+            BLOCK_M=block_m,
         )
-        if split > 1:
+        if split > 1 and not atomic:
             block = 1024
             reduce_kernel[(triton.cdiv(M * N, block),)](
                 part, s2, bias_arg, out, M * N, N,

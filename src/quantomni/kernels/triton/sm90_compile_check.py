@@ -58,14 +58,17 @@ def _cases():
                       {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw}, (0, 1, 2, 3, 4, 5, 9, 10, 11, 12), cfg))
     for cfg in fp4_small.configs[:1]:
         kw = cfg.kwargs
-        cases.append((f"nvfp4_splitk[{kw['BLOCK_N']}x{kw['BLOCK_K']}]", fp4_small.fn,
-                      {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "s2_ptr": "*fp32", "bias_ptr": "*bf16",
-                       "out_ptr": "*bf16", "part_ptr": "*fp32", "M": "i32", "N": "i32", "stride_xm": "i32",
-                       "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32", "K": "constexpr",
-                       "SPLIT_K": "constexpr", "HAS_BIAS": "constexpr", "DOT_F32": "constexpr", "BLOCK_M": "constexpr",
-                       "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
-                      {"K": 3072, "SPLIT_K": 4, "HAS_BIAS": True, "DOT_F32": False, "BLOCK_M": 16, **kw},
-                      (0, 1, 2, 3, 4, 5, 6, 9, 10, 11, 12), cfg))
+        for atomic in (True, False):
+            cases.append((f"nvfp4_splitk[{kw['BLOCK_N']}x{kw['BLOCK_K']},atomic={atomic}]", fp4_small.fn,
+                          {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "s2_ptr": "*fp32", "bias_ptr": "*bf16",
+                           "out_ptr": "*bf16", "part_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32",
+                           "stride_xm": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32",
+                           "K": "constexpr", "SPLIT_K": "constexpr", "ATOMIC_FIXUP": "constexpr",
+                           "HAS_BIAS": "constexpr", "DOT_F32": "constexpr", "BLOCK_M": "constexpr",
+                           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
+                          {"K": 3072, "SPLIT_K": 4, "ATOMIC_FIXUP": atomic, "HAS_BIAS": True, "DOT_F32": False,
+                           "BLOCK_M": 16, **kw},
+                          (0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13), cfg))
     cases.append(("splitk_reduce", fp4_reduce,
                   {"part_ptr": "*fp32", "s2_ptr": "*fp32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "MN": "i32",
                    "N": "i32", "SPLIT_K": "constexpr", "HAS_BIAS": "constexpr", "BLOCK": "constexpr"},
