@@ -77,7 +77,39 @@ def quantize_weights(w, gen):
     qs = torch.round(blocks / d.float()[..., None]).clamp(-127, 127).to(torch.int8)
     raw = torch.cat([d.view(torch.uint8).reshape(n, k // 32, 2), qs.view(torch.uint8)], dim=-1)
     out["q8_0"] = (raw.reshape(n, -1).contiguous(), (d.float()[..., None] * qs.float()).reshape(n, k))
+    if k % 256 == 0:
+        q4 = random_q4_k(n, k, gen, w.device)
+        out["q4_k"] = (q4, q4_k_dequant(q4, k))
     return out
+
+
+def random_q4_k(n, k, gen, device):
+    """Random GGUF Q4_K bytes with sane f16 d/dmin (speed + exactness check, not a real quantizer)."""
+    nb = k // 256
+    raw = torch.randint(0, 256, (n, nb, 144), dtype=torch.uint8, device=device, generator=gen)
+    d = (torch.rand(n, nb, device=device, generator=gen) * 0.01 + 0.001).to(torch.float16)
+    dmin = (torch.rand(n, nb, device=device, generator=gen) * 0.01).to(torch.float16)
+    raw[:, :, 0:2] = d.view(torch.uint8).reshape(n, nb, 2)
+    raw[:, :, 2:4] = dmin.view(torch.uint8).reshape(n, nb, 2)
+    return raw.reshape(n, -1).contiguous()
+
+
+def q4_k_dequant(raw, k):
+    """Torch Q4_K dequantizer (float32) for the reference; checked against the gguf package in tests."""
+    n, nb = raw.shape[0], k // 256
+    b = raw.reshape(n, nb, 144)
+    d = b[..., 0:2].contiguous().view(torch.float16).float()[..., 0]
+    dmin = b[..., 2:4].contiguous().view(torch.float16).float()[..., 0]
+    s = b[..., 4:16].long()
+    lo_sc, lo_mn = s[..., 0:4] & 63, s[..., 4:8] & 63
+    hi_sc = (s[..., 8:12] & 0xF) | ((s[..., 0:4] >> 6) << 4)
+    hi_mn = (s[..., 8:12] >> 4) | ((s[..., 4:8] >> 6) << 4)
+    sc = torch.cat([lo_sc, hi_sc], dim=-1).float()
+    mn = torch.cat([lo_mn, hi_mn], dim=-1).float()
+    qs = b[..., 16:144].reshape(n, nb, 4, 1, 32)
+    q = torch.cat([qs & 15, qs >> 4], dim=3).reshape(n, nb, 8, 32).float()
+    w = (d[..., None] * sc)[..., None] * q - (dmin[..., None] * mn)[..., None]
+    return w.reshape(n, k)
 
 
 def nvfp4_dequant(packed, scale, s2):
@@ -93,7 +125,7 @@ def build_variants(x, w, bias, q):
     """name -> (callable, reference thunk, tolerance). References are fp32 torch on the same inputs."""
     from quantomni.kernels.triton.act_quant import per_token_quant_fp8, per_token_quant_int8
     from quantomni.kernels.triton.fp8_gemm import fp8_scaled_mm
-    from quantomni.kernels.triton.gguf_gemm import q8_0_mm
+    from quantomni.kernels.triton.gguf_gemm import q4_k_mm, q8_0_mm
     from quantomni.kernels.triton.int8_gemm import int8_scaled_mm
     from quantomni.kernels.triton.nvfp4_gemm import nvfp4_w4a16_mm
 
@@ -145,6 +177,20 @@ def build_variants(x, w, bias, q):
     v["gguf_q8_0_triton"] = (
         lambda: q8_0_mm(x, q8raw, bias),
         lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)
+    if "q4_k" in q:
+        q4raw, q4deq = q["q4_k"]
+        v["gguf_q4_k_triton"] = (
+            lambda: q4_k_mm(x, q4raw, bias),
+            lambda: x.float() @ q4deq.to(torch.bfloat16).float().T + biasf, 1e-2)
+        v["gguf_q4_k_dequant+torch.mm(diffusers-style)"] = (
+            lambda: torch.nn.functional.linear(x, q4_k_dequant(q4raw, x.shape[1]).to(torch.bfloat16), bias),
+            lambda: x.float() @ q4deq.to(torch.bfloat16).float().T + biasf, 1e-2)
+    v["gguf_q8_0_dequant+torch.mm(diffusers-style)"] = (
+        lambda: torch.nn.functional.linear(
+            x, (q8raw.reshape(q8raw.shape[0], -1, 34)[..., :2].contiguous().view(torch.float16).float()
+                * q8raw.reshape(q8raw.shape[0], -1, 34)[..., 2:].contiguous().view(torch.int8).float()
+                ).reshape(q8raw.shape[0], -1).to(torch.bfloat16), bias),
+        lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)
     v["act_quant_fp8_torch(only)"] = (lambda: torch_quant_fp8(x), None, None)
     v["act_quant_fp8_triton(only)"] = (lambda: per_token_quant_fp8(x), None, None)
     return v
@@ -163,7 +209,7 @@ def limit_autotune(max_configs):
         return
     from quantomni.kernels.triton import _scaled_mm_core, gguf_gemm, nvfp4_gemm
 
-    tuned = [_scaled_mm_core.build_scaled_mm(False)[1], gguf_gemm._build(False)[1]]
+    tuned = [_scaled_mm_core.build_scaled_mm(False)[1], *gguf_gemm._build(False)[1:]]
     tuned += list(nvfp4_gemm._build(False)[1:3])
     for t in tuned:
         t.configs = t.configs[:max_configs]

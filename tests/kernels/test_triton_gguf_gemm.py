@@ -1,7 +1,7 @@
-"""GGUF Q8_0 fused dequantize + GEMM, reading the file's 34-byte blocks directly.
+"""GGUF Q8_0 / Q4_K fused dequantize + GEMM, reading the file's blocks directly.
 
 Numerical cases: triton_interp_cases/gguf_gemm_cases.py on the CPU interpreter (subprocess).
-Requirement: K % 32 == 0 (block size). Not checkable on CPU: wgmma numerics, speed.
+Requirements: K % 32 == 0 for Q8_0, K % 256 == 0 for Q4_K. Not checkable on CPU: wgmma numerics, speed.
 """
 import os
 import sys
@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 pytest.importorskip("triton")
 
 from quantomni.kernels.triton._common import KernelInputError  # noqa: E402
-from quantomni.kernels.triton.gguf_gemm import q8_0_mm  # noqa: E402
+from quantomni.kernels.triton.gguf_gemm import q4_k_mm, q8_0_mm  # noqa: E402
 from triton_kernel_refs import random_q8_0, rel_err, run_interpreter_cases  # noqa: E402
 
 
@@ -34,6 +34,13 @@ def test_rejects_k_not_multiple_of_32(interp):
 def test_rejects_wrong_row_bytes(interp):
     with pytest.raises(KernelInputError, match="holds 68 bytes"):
         q8_0_mm(torch.zeros(2, 64, dtype=torch.bfloat16), torch.zeros(4, 64, dtype=torch.uint8))
+
+
+def test_q4_k_rejects_bad_k_and_row_bytes(interp):
+    with pytest.raises(KernelInputError, match="K % 256 == 0"):
+        q4_k_mm(torch.zeros(2, 384, dtype=torch.bfloat16), torch.zeros(4, 216, dtype=torch.uint8))
+    with pytest.raises(KernelInputError, match="holds 144 bytes"):
+        q4_k_mm(torch.zeros(2, 256, dtype=torch.bfloat16), torch.zeros(4, 136, dtype=torch.uint8))
 
 
 def test_matches_gguf_library_dequantize():

@@ -89,3 +89,17 @@ def run_interpreter_cases(case_file: str, timeout: int = 300) -> None:
     failures = _CASE_RESULTS[module]
     if failures:
         raise AssertionError(f"{len(failures)} interpreter case(s) in {case_file} failed:\n" + "\n\n".join(failures))
+
+
+def random_q4_k(n: int, k: int, gen: torch.Generator):
+    """GGUF Q4_K bytes [N, K/256*144] with random codes/6-bit scales and sane f16 d/dmin.
+
+    Returns the bytes only; tests dequantize them with the gguf package (an independent reference).
+    """
+    nb = k // 256
+    raw = torch.randint(0, 256, (n, nb, 144), dtype=torch.uint8, generator=gen)
+    d = (torch.rand(n, nb, generator=gen) * 0.01 + 0.001).to(torch.float16)
+    dmin = (torch.rand(n, nb, generator=gen) * 0.01).to(torch.float16)
+    raw[:, :, 0:2] = d.view(torch.uint8).reshape(n, nb, 2)
+    raw[:, :, 2:4] = dmin.view(torch.uint8).reshape(n, nb, 2)
+    return raw.reshape(n, -1).contiguous()

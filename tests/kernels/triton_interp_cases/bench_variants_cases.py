@@ -12,12 +12,14 @@ import torch  # noqa: E402
 import bench_triton_kernels as bench  # noqa: E402
 
 TRITON_VARIANTS = ["fp8_triton(quant+gemm)", "int8_triton(quant+gemm)", "nvfp4_w4a16_triton",
-                   "nvfp4_w4a16_triton(fp32 out)", "gguf_q8_0_triton", "act_quant_fp8_triton(only)"]
+                   "nvfp4_w4a16_triton(fp32 out)", "nvfp4_w4a16_triton(splitk reduce)", "gguf_q8_0_triton",
+                   "gguf_q4_k_triton", "gguf_q8_0_dequant+torch.mm(diffusers-style)",
+                   "gguf_q4_k_dequant+torch.mm(diffusers-style)", "act_quant_fp8_triton(only)"]
 
 
 def test_bench_variants_match_their_references():
     gen = torch.Generator().manual_seed(0)
-    K, N, M = 64, 48, 5
+    K, N, M = 256, 48, 5
     w = (torch.randn(N, K, generator=gen) * 0.02).to(torch.bfloat16)
     bias = (torch.randn(N, generator=gen) * 0.1).to(torch.bfloat16)
     q = bench.quantize_weights(w, gen)
@@ -37,3 +39,13 @@ def test_bench_variants_match_their_references():
 def test_row_formatting_handles_errors():
     row = bench._row({"M": 1, "K": 2, "N": 3, "variant": "v", "ok": False, "error": "boom"})
     assert "ERROR boom" in row
+
+
+def test_bench_q4_k_dequant_matches_gguf_package():
+    import gguf
+    from gguf.quants import dequantize
+
+    gen = torch.Generator().manual_seed(1)
+    raw = bench.random_q4_k(6, 512, gen, "cpu")
+    ref = torch.from_numpy(dequantize(raw.numpy(), gguf.GGMLQuantizationType.Q4_K)).reshape(6, 512)
+    assert torch.allclose(bench.q4_k_dequant(raw, 512), ref, rtol=1e-6, atol=1e-6)

@@ -36,3 +36,22 @@ def test_no_bias_bf16_out():
     out = q8_0_mm(x, w_packed)
     assert out.dtype == torch.bfloat16
     assert rel_err(out, x.double() @ w_f64.T) < 1e-2
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 8, 256), (5, 20, 512), (17, 9, 256)])
+def test_q4_k_matches_gguf_dequantize(m, n, k):
+    """Reference: the gguf package's own Q4_K dequantizer, rounded to bf16, float64 matmul."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize
+
+    from quantomni.kernels.triton.gguf_gemm import q4_k_mm
+    from triton_kernel_refs import random_q4_k
+
+    gen = torch.Generator().manual_seed(m + n + k)
+    w_packed = random_q4_k(n, k, gen)
+    w_ref = torch.from_numpy(dequantize(w_packed.numpy(), gguf.GGMLQuantizationType.Q4_K)).reshape(n, k)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, generator=gen)
+    out = q4_k_mm(x, w_packed, bias, torch.float32)
+    ref = x.double() @ w_ref.to(torch.bfloat16).double().T + bias.double()
+    assert rel_err(out, ref) < 1e-5

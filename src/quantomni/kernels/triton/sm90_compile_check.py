@@ -27,7 +27,7 @@ def _cases():
     _, aq = act_quant._build(False)
     _, mm = _scaled_mm_core.build_scaled_mm(False)
     _, fp4_large, fp4_small, fp4_reduce = nvfp4_gemm._build(False)
-    _, q8_large = gguf_gemm._build(False)
+    _, q8_large, q4k_large = gguf_gemm._build(False)
     cases = []
     for dt, is_int8 in (("i8", True), ("fp8e4nv", False)):
         cases.append((f"per_token_quant[{dt}]", aq,
@@ -76,6 +76,11 @@ def _cases():
     for cfg in q8_large.configs[:1]:
         kw = cfg.kwargs
         cases.append((f"q8_0_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q8_large.fn,
+                      gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
+                      gguf_gemm.DIVISIBLE_ARGS, cfg))
+    for cfg in q4k_large.configs[:1]:
+        kw = cfg.kwargs
+        cases.append((f"q4_k_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q4k_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
     return cases
