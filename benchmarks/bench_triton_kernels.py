@@ -9,6 +9,9 @@ run continues.
 
 Usage (GPU):  PYTHONPATH=src python benchmarks/bench_triton_kernels.py --out bench.json
               [--m 4608,16,1] [--shapes 3072x3072,...] [--max-configs N] [--only fp8,nvfp4]
+              [--budget-s 270]
+The first run compiles about 50 Triton kernel variants (cached in ~/.triton afterwards); pass
+--max-configs 1 for a quicker first run with the first (largest) tile of each kernel.
 """
 from __future__ import annotations
 
@@ -35,6 +38,10 @@ def parse_args(argv=None):
     p.add_argument("--max-configs", type=int, default=None, help="autotune at most this many configs per kernel")
     p.add_argument("--only", default="", help="comma-separated variant name filters (substring match)")
     p.add_argument("--rep-ms", type=int, default=60, help="do_bench measuring time per variant (ms)")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="run the whole flow on CPU (TRITON_INTERPRET=1, tiny shapes, wall-clock timing): tests only")
+    p.add_argument("--budget-s", type=float, default=270.0,
+                   help="stop starting new variants after this many seconds (results so far are kept)")
     return p.parse_args(argv)
 
 
@@ -217,24 +224,31 @@ def limit_autotune(max_configs):
 
 def main(argv=None):
     args = parse_args(argv)
-    if not torch.cuda.is_available():
+    if not args.cpu_smoke and not torch.cuda.is_available():
         sys.exit("bench_triton_kernels.py needs a CUDA GPU")
     import triton
-    from triton.testing import do_bench
+
+    if args.cpu_smoke:
+        def do_bench(fn, warmup, rep, return_mode):
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+    else:
+        from triton.testing import do_bench
 
     torch.backends.cuda.matmul.allow_tf32 = False
     limit_autotune(args.max_configs)
     ms_list = [int(m) for m in args.m.split(",") if m]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",") if s]
     only = [o for o in args.only.split(",") if o]
-    dev = torch.device("cuda")
+    dev = torch.device("cpu" if args.cpu_smoke else "cuda")
     gen = torch.Generator(device=dev).manual_seed(0)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         commit = ""
     meta = {
-        "device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "device": "cpu (smoke test)" if args.cpu_smoke else torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(), "commit": commit,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "timing": "triton.testing.do_bench median, ms; W8A8 rows include activation quantization",
@@ -253,10 +267,15 @@ def main(argv=None):
                 if only and name != "bf16_torch.mm" and not any(o in name for o in only):
                     continue
                 rec = {"M": M, "K": K, "N": N, "variant": name}
+                if time.time() - t_start > args.budget_s:
+                    rec.update(ok=False, error=f"skipped: time budget of {args.budget_s} s spent")
+                    results.append(rec)
+                    continue
                 try:
                     t0 = time.time()
                     out = fn()  # compiles + autotunes on first call
-                    torch.cuda.synchronize()
+                    if not args.cpu_smoke:
+                        torch.cuda.synchronize()
                     rec["first_call_s"] = round(time.time() - t0, 2)
                     if ref_fn is not None:
                         err = rel_err(out, ref_fn())
@@ -270,7 +289,7 @@ def main(argv=None):
                         rec["tflops"] = 2.0 * M * N * K / (ms * 1e-3) / 1e12
                     if name == "bf16_torch.mm":
                         bf16_ms = ms
-                    if bf16_ms:
+                    if bf16_ms and ref_fn is not None:  # GEMM rows only (quant-only rows are not GEMMs)
                         rec["speedup_vs_bf16"] = bf16_ms / ms
                 except Exception as exc:  # one failing kernel must not stop the run
                     rec["ok"] = False
@@ -280,15 +299,22 @@ def main(argv=None):
                 print(_row(rec), flush=True)
             del x, variants
         del w, q
-        torch.cuda.empty_cache()
-    meta["wall_s"] = round(time.time() - t_start, 1)
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
+        if not args.cpu_smoke:
+            torch.cuda.empty_cache()
+        _write(args.out, meta, results, t_start)  # partial results survive a killed run
+    _write(args.out, meta, results, t_start)
     print(f"\n{meta['device']}  torch {meta['torch']}  triton {meta['triton']}  wall {meta['wall_s']} s")
     print(_HEADER)
     for rec in results:
         print(_row(rec))
     print(f"wrote {args.out}")
+
+
+def _write(path, meta, results, t_start):
+    meta["wall_s"] = round(time.time() - t_start, 1)
+    meta["nvfp4_weight_bytes_vs_bf16"] = (0.5 + 1 / 16) / 2  # 4-bit codes + one e4m3 scale per 16
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
 
 
 _HEADER = f"{'M':>5} {'K':>6} {'N':>6}  {'variant':38} {'ms':>9} {'TFLOP/s':>8} {'xBF16':>6} {'rel_err':>9}  status"

@@ -49,3 +49,19 @@ def test_bench_q4_k_dequant_matches_gguf_package():
     raw = bench.random_q4_k(6, 512, gen, "cpu")
     ref = torch.from_numpy(dequantize(raw.numpy(), gguf.GGMLQuantizationType.Q4_K)).reshape(6, 512)
     assert torch.allclose(bench.q4_k_dequant(raw, 512), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_bench_main_flow_writes_json(tmp_path):
+    import json
+
+    out = tmp_path / "bench.json"
+    bench.main(["--out", str(out), "--cpu-smoke", "--m", "3,20", "--shapes", "256x40"])
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    assert {r["M"] for r in rows} == {3, 20}
+    names = {r["variant"] for r in rows}
+    assert set(TRITON_VARIANTS) <= names
+    for r in rows:
+        if r["variant"] in TRITON_VARIANTS and "rel_err" in r:
+            assert r["ok"], r
+        assert "ms" in r or "error" in r

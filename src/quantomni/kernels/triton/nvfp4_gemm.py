@@ -39,9 +39,7 @@ def _large_configs(triton):
     return [
         cfg({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
         cfg({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-        cfg({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
         cfg({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
-        cfg({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
     ]
 
 
@@ -51,9 +49,7 @@ def _small_configs(triton):
     cfg = triton.Config
     return [
         cfg({"BLOCK_N": 64, "BLOCK_K": 256}, num_warps=4, num_stages=4),
-        cfg({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=6),
         cfg({"BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=4),
-        cfg({"BLOCK_N": 128, "BLOCK_K": 128}, num_warps=8, num_stages=4),
         cfg({"BLOCK_N": 64, "BLOCK_K": 512}, num_warps=8, num_stages=3),
     ]
 
