@@ -133,6 +133,9 @@ def build_variants(x, w, bias, q):
     from quantomni.kernels.triton.act_quant import per_token_quant_fp8, per_token_quant_int8
     from quantomni.kernels.triton.fp8_gemm import fp8_scaled_mm
     from quantomni.kernels.triton.gguf_gemm import q4_k_mm, q8_0_mm
+    from quantomni.kernels.triton.group_affine_gemm import (
+        group_affine_mm, prepare_q4_k_weight, prepare_q8_0_weight,
+    )
     from quantomni.kernels.triton.int8_gemm import int8_scaled_mm
     from quantomni.kernels.triton.nvfp4_gemm import nvfp4_w4a16_mm
 
@@ -184,8 +187,16 @@ def build_variants(x, w, bias, q):
     v["gguf_q8_0_triton"] = (
         lambda: q8_0_mm(x, q8raw, bias),
         lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)
+    q8prep = prepare_q8_0_weight(q8raw)
+    v["gguf_q8_0_triton(repacked)"] = (
+        lambda: group_affine_mm(x, q8prep, bias),
+        lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)
     if "q4_k" in q:
         q4raw, q4deq = q["q4_k"]
+        q4prep = prepare_q4_k_weight(q4raw)
+        v["gguf_q4_k_triton(repacked)"] = (
+            lambda: group_affine_mm(x, q4prep, bias),
+            lambda: x.float() @ q4deq.to(torch.bfloat16).float().T + biasf, 1e-2)
         v["gguf_q4_k_triton"] = (
             lambda: q4_k_mm(x, q4raw, bias),
             lambda: x.float() @ q4deq.to(torch.bfloat16).float().T + biasf, 1e-2)
@@ -216,7 +227,10 @@ def limit_autotune(max_configs):
         return
     from quantomni.kernels.triton import _scaled_mm_core, gguf_gemm, nvfp4_gemm
 
-    tuned = [_scaled_mm_core.build_scaled_mm(False)[1], *gguf_gemm._build(False)[1:]]
+    from quantomni.kernels.triton import group_affine_gemm
+
+    tuned = [_scaled_mm_core.build_scaled_mm(False)[1], *gguf_gemm._build(False)[1:],
+             group_affine_gemm._build(False)[1]]
     tuned += list(nvfp4_gemm._build(False)[1:3])
     for t in tuned:
         t.configs = t.configs[:max_configs]

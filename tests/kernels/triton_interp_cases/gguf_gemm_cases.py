@@ -55,3 +55,31 @@ def test_q4_k_matches_gguf_dequantize(m, n, k):
     out = q4_k_mm(x, w_packed, bias, torch.float32)
     ref = x.double() @ w_ref.to(torch.bfloat16).double().T + bias.double()
     assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_k"])
+@pytest.mark.parametrize("m", [1, 19])
+def test_prepared_group_layout_matches_block_layout(kind, m):
+    """Repacked (vector-friendly) layout gives the same result as reading the GGUF blocks."""
+    import gguf
+    from gguf.quants import dequantize
+
+    from quantomni.kernels.triton import group_affine_gemm as ga
+    from quantomni.kernels.triton.gguf_gemm import q4_k_mm
+    from triton_kernel_refs import random_q4_k
+
+    gen = torch.Generator().manual_seed(m)
+    n, k = 20, 512
+    if kind == "q8_0":
+        raw, _ = random_q8_0(n, k, gen)
+        prepared, direct, qtype = ga.prepare_q8_0_weight(raw), q8_0_mm, gguf.GGMLQuantizationType.Q8_0
+    else:
+        raw = random_q4_k(n, k, gen)
+        prepared, direct, qtype = ga.prepare_q4_k_weight(raw), q4_k_mm, gguf.GGMLQuantizationType.Q4_K
+    w_ref = torch.from_numpy(dequantize(raw.numpy(), qtype)).reshape(n, k)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(n, generator=gen)
+    out = ga.group_affine_mm(x, prepared, bias, torch.float32)
+    ref = x.double() @ w_ref.to(torch.bfloat16).double().T + bias.double()
+    assert rel_err(out, ref) < 1e-5
+    assert rel_err(out, direct(x, raw, bias, torch.float32).double()) < 1e-5

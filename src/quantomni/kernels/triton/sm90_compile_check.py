@@ -22,7 +22,7 @@ _MMA_OPS = ("HGMMA", "QGMMA", "IGMMA", "HMMA", "IMMA")
 
 def _cases():
     """(name, jit function, signature, constexprs, indices of 16-divisible args) per kernel variant."""
-    from . import _scaled_mm_core, act_quant, gguf_gemm, nvfp4_gemm
+    from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, nvfp4_gemm
 
     _, aq = act_quant._build(False)
     _, mm = _scaled_mm_core.build_scaled_mm(False)
@@ -83,6 +83,19 @@ def _cases():
         cases.append((f"q4_k_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q4k_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
+    _, ga = group_affine_gemm._build(False)
+    for bits, has_min in ((8, False), (4, True)):
+        cfg = ga.configs[0]
+        kw = cfg.kwargs
+        cases.append((f"group_affine_mm[w{bits},{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", ga.fn,
+                      {"x_ptr": "*bf16", "c_ptr": "*i8" if bits == 8 else "*u8", "s_ptr": "*fp32", "mn_ptr": "*fp32",
+                       "bias_ptr": "*bf16", "out_ptr": "*bf16", "M": "i32", "N": "i32", "M_BUCKET": "i32",
+                       "stride_xm": "i32", "stride_cn": "i32", "stride_sn": "i32", "stride_om": "i32",
+                       "K": "constexpr", "BITS": "constexpr", "HAS_MIN": "constexpr", "HAS_BIAS": "constexpr",
+                       "DOT_F32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+                       "BLOCK_K": "constexpr", "GROUP_M": "constexpr"},
+                      {"K": 3072, "BITS": bits, "HAS_MIN": has_min, "HAS_BIAS": True, "DOT_F32": False, **kw},
+                      (0, 1, 2, 3, 4, 5, 9, 10, 11, 12), cfg))
     return cases
 
 
