@@ -125,8 +125,11 @@ def _build(interpret: bool):
             c_ptrs = c_ptr + safe_n[:, None] * stride_cn + offs_k[None, :]
         else:
             c_ptrs = c_ptr + safe_n[:, None] * stride_cn + tl.arange(0, BLOCK_K // 2)[None, :]
-        s_ptrs = s_ptr + safe_n[:, None] * stride_sn + (offs_k // 32)[None, :]
-        mn_ptrs = mn_ptr + safe_n[:, None] * stride_sn + (offs_k // 32)[None, :]
+        # one scale (and min) per 32 weights: load [BLOCK_N, BLOCK_K/32] and broadcast in registers
+        # (a per-weight gather would stage a full fp32 [BLOCK_N, BLOCK_K] tile in shared memory)
+        offs_g = tl.arange(0, BLOCK_K // 32)
+        s_ptrs = s_ptr + safe_n[:, None] * stride_sn + offs_g[None, :]
+        mn_ptrs = mn_ptr + safe_n[:, None] * stride_sn + offs_g[None, :]
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for kb in range(0, K // BLOCK_K):  # the wrapper picks BLOCK_K | K (K % 32 == 0)
             x = tl.load(x_ptrs)
@@ -135,9 +138,11 @@ def _build(interpret: bool):
             else:
                 packed = tl.load(c_ptrs)
                 q = tl.reshape(tl.join(packed & 0xF, packed >> 4), (BLOCK_N, BLOCK_K)).to(tl.float32)
-            w = q * tl.load(s_ptrs)
+            q3 = tl.reshape(q, (BLOCK_N, BLOCK_K // 32, 32))
+            w3 = q3 * tl.load(s_ptrs)[:, :, None]
             if HAS_MIN:
-                w = w - tl.load(mn_ptrs)
+                w3 = w3 - tl.load(mn_ptrs)[:, :, None]
+            w = tl.reshape(w3, (BLOCK_N, BLOCK_K))
             if DOT_F32:
                 # interpreter only: bf16 round-to-nearest-even by integer arithmetic (see gguf_gemm)
                 bits = w.to(tl.int32, bitcast=True)

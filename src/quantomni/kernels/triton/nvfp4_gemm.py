@@ -50,7 +50,7 @@ def _small_configs(triton):
     return [
         cfg({"BLOCK_N": 64, "BLOCK_K": 256}, num_warps=4, num_stages=4),
         cfg({"BLOCK_N": 32, "BLOCK_K": 256}, num_warps=4, num_stages=4),
-        cfg({"BLOCK_N": 64, "BLOCK_K": 512}, num_warps=8, num_stages=3),
+        cfg({"BLOCK_N": 32, "BLOCK_K": 512}, num_warps=4, num_stages=3),
     ]
 
 

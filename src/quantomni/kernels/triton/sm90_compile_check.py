@@ -20,7 +20,7 @@ from ._common import require_triton
 _MMA_OPS = ("HGMMA", "QGMMA", "IGMMA", "HMMA", "IMMA")
 
 
-def _cases():
+def _cases(all_configs: bool = False):
     """(name, jit function, signature, constexprs, indices of 16-divisible args) per kernel variant."""
     from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, nvfp4_gemm
 
@@ -37,7 +37,7 @@ def _cases():
                       {"K": 3072, "QMAX": 127.0 if is_int8 else 448.0, "IS_INT8": is_int8, "SINGLE_PASS": True,
                        "STORE_F32": False, "BLOCK_M": 1, "BLOCK_K": 4096}, (0, 1, 2, 4, 5)))
     for dt, acc_int in (("i8", True), ("fp8e4nv", False)):
-        for cfg in mm.configs[:2]:
+        for cfg in (mm.configs if all_configs else mm.configs[:2]):
             kw = cfg.kwargs
             cases.append((f"scaled_mm[{dt},{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", mm.fn,
                           {"a_ptr": f"*{dt}", "b_ptr": f"*{dt}", "c_ptr": "*bf16", "as_ptr": "*fp32", "bs_ptr": "*fp32",
@@ -47,7 +47,7 @@ def _cases():
                            "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr"},
                           {"K": 3072, "HAS_BIAS": True, "ACC_INT32": acc_int, **kw}, (0, 1, 2, 3, 4, 5, 7, 9, 10, 11),
                           cfg))
-    for cfg in fp4_large.configs[:1]:
+    for cfg in (fp4_large.configs if all_configs else fp4_large.configs[:1]):
         kw = cfg.kwargs
         cases.append((f"nvfp4_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", fp4_large.fn,
                       {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "s2_ptr": "*fp32", "bias_ptr": "*bf16",
@@ -56,7 +56,7 @@ def _cases():
                        "HAS_BIAS": "constexpr", "DOT_F32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
                        "BLOCK_K": "constexpr", "GROUP_M": "constexpr"},
                       {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw}, (0, 1, 2, 3, 4, 5, 9, 10, 11, 12), cfg))
-    for cfg in fp4_small.configs[:1]:
+    for cfg in (fp4_small.configs if all_configs else fp4_small.configs[:1]):
         kw = cfg.kwargs
         for atomic in (True, False):
             cases.append((f"nvfp4_splitk[{kw['BLOCK_N']}x{kw['BLOCK_K']},atomic={atomic}]", fp4_small.fn,
@@ -73,19 +73,19 @@ def _cases():
                   {"part_ptr": "*fp32", "s2_ptr": "*fp32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "MN": "i32",
                    "N": "i32", "SPLIT_K": "constexpr", "HAS_BIAS": "constexpr", "BLOCK": "constexpr"},
                   {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}, (0, 1, 2, 3, 4, 5)))
-    for cfg in q8_large.configs[:1]:
+    for cfg in (q8_large.configs if all_configs else q8_large.configs[:1]):
         kw = cfg.kwargs
         cases.append((f"q8_0_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q8_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
-    for cfg in q4k_large.configs[:1]:
+    for cfg in (q4k_large.configs if all_configs else q4k_large.configs[:1]):
         kw = cfg.kwargs
         cases.append((f"q4_k_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q4k_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
     _, ga = group_affine_gemm._build(False)
-    for bits, has_min in ((8, False), (4, True)):
-        cfg = ga.configs[0]
+    for bits, has_min, cfg in [(b, m, c) for b, m in ((8, False), (4, True))
+                               for c in (ga.configs if all_configs else ga.configs[:1])]:
         kw = cfg.kwargs
         cases.append((f"group_affine_mm[w{bits},{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", ga.fn,
                       {"x_ptr": "*bf16", "c_ptr": "*i8" if bits == 8 else "*u8", "s_ptr": "*fp32", "mn_ptr": "*fp32",
@@ -116,8 +116,16 @@ def _sass_mma_counts(cubin: bytes) -> dict:
     return counts
 
 
-def compile_for_sm90(only=None) -> list[dict]:
-    """Compile every kernel variant for sm_90a; one record per variant (error text instead of a crash)."""
+#: H100/H200 opt-in shared memory per block (227 KB)
+SM90_MAX_SHARED = 232448
+
+
+def compile_for_sm90(only=None, all_configs: bool = False) -> list[dict]:
+    """Compile every kernel variant for sm_90a; one record per variant (error text instead of a crash).
+
+    all_configs=True compiles every autotune config (slow, ~1 s each), else the first of each kernel.
+    A record with shared_bytes above SM90_MAX_SHARED would fail to launch on the GPU.
+    """
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise RuntimeError("unset TRITON_INTERPRET to compile for sm_90")
     triton, _ = require_triton()
@@ -125,7 +133,7 @@ def compile_for_sm90(only=None) -> list[dict]:
     from triton.compiler import ASTSource
 
     records = []
-    for case in _cases():
+    for case in _cases(all_configs):
         name, fn, sig, consts, divisible = case[:5]
         cfg = case[5] if len(case) > 5 else None
         if only and not any(o in name for o in only):
@@ -139,7 +147,9 @@ def compile_for_sm90(only=None) -> list[dict]:
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
             rec["shared_bytes"] = compiled.metadata.shared
             rec["mma"] = _sass_mma_counts(compiled.asm["cubin"])
-            rec["ok"] = True
+            rec["ok"] = compiled.metadata.shared <= SM90_MAX_SHARED
+            if not rec["ok"]:
+                rec["error"] = f"needs {compiled.metadata.shared} bytes of shared memory (> {SM90_MAX_SHARED})"
         except Exception as exc:  # record and go on: one failing kernel must not hide the others
             rec["ok"] = False
             rec["error"] = f"{type(exc).__name__}: {str(exc)[:800]}"
@@ -148,5 +158,7 @@ def compile_for_sm90(only=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    for r in compile_for_sm90():
-        print(r)
+    import sys
+
+    for r in compile_for_sm90(all_configs="--all" in sys.argv):
+        print(r, flush=True)
