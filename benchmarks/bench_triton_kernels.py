@@ -210,6 +210,19 @@ def build_variants(x, w, bias, q):
                 ).reshape(q8raw.shape[0], -1).to(torch.bfloat16), bias),
         lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)
     v["act_quant_fp8_torch(only)"] = (lambda: torch_quant_fp8(x), None, None)
+    from quantomni.kernels.triton.norm_quant import layernorm_modulate_quant
+
+    K = x.shape[1]
+    shift = (torch.arange(K, device=x.device) % 7 * 0.1 - 0.3).to(torch.bfloat16)
+    mod_scale = (torch.arange(K, device=x.device) % 5 * 0.1 - 0.2).to(torch.bfloat16)
+
+    def ln_mod_quant_torch():
+        y = torch.nn.functional.layer_norm(x, (K,), eps=1e-6) * (1 + mod_scale) + shift
+        return torch_quant_fp8(y)
+
+    v["layernorm+modulate+quant_fp8_torch(only)"] = (ln_mod_quant_torch, None, None)
+    v["layernorm+modulate+quant_fp8_triton(only)"] = (
+        lambda: layernorm_modulate_quant(x, shift, mod_scale), None, None)
     v["act_quant_fp8_triton(only)"] = (lambda: per_token_quant_fp8(x), None, None)
     return v
 

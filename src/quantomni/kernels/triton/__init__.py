@@ -2,6 +2,7 @@
 
 Public entry points (each wrapper checks device/dtype/shape and raises KernelInputError):
   act_quant.per_token_quant_fp8 / per_token_quant_int8   fused one-pass per-token activation quant
+  norm_quant.layernorm_modulate_quant                    LayerNorm + AdaLN modulation + per-token quant
   int8_gemm.int8_scaled_mm / int8_linear                  INT8 W8A8, int32 acc, fused epilogue
   fp8_gemm.fp8_scaled_mm / fp8_linear                     FP8 W8A8, fused epilogue
   nvfp4_gemm.nvfp4_w4a16_mm / prepare_nvfp4_weight        NVFP4 W4A16 (large-M GEMM + small-M split-K)

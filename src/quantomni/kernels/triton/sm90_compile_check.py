@@ -22,7 +22,7 @@ _MMA_OPS = ("HGMMA", "QGMMA", "IGMMA", "HMMA", "IMMA")
 
 def _cases(all_configs: bool = False):
     """(name, jit function, signature, constexprs, indices of 16-divisible args) per kernel variant."""
-    from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, nvfp4_gemm
+    from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, norm_quant, nvfp4_gemm
 
     _, aq = act_quant._build(False)
     _, mm = _scaled_mm_core.build_scaled_mm(False)
@@ -85,6 +85,14 @@ def _cases(all_configs: bool = False):
         cases.append((f"q4_k_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q4k_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
+    _, nq = norm_quant._build(False)
+    cases.append(("layernorm_modulate_quant[fp8e4nv]", nq,
+                  {"x_ptr": "*bf16", "shift_ptr": "*bf16", "scale_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32",
+                   "M": "i32", "tokens_per_batch": "i32", "stride_xm": "i32", "stride_mod": "i32", "stride_qm": "i32",
+                   "eps": "fp32", "K": "constexpr", "QMAX": "constexpr", "IS_INT8": "constexpr",
+                   "STORE_F32": "constexpr", "BLOCK_K": "constexpr"},
+                  {"K": 3072, "QMAX": 448.0, "IS_INT8": False, "STORE_F32": False, "BLOCK_K": 4096},
+                  (0, 1, 2, 3, 4, 7, 8, 9)))
     _, ga = group_affine_gemm._build(False)
     variants = ((8, False), (4, True)) if all_configs else ((4, True),)
     for bits, has_min, cfg in [(b, m, c) for b, m in variants
