@@ -181,9 +181,6 @@ def build_variants(x, w, bias, q):
     v["nvfp4_w4a16_triton(splitk reduce)"] = (
         lambda: nvfp4_w4a16_mm(x, packed, fscale, s2, bias, splitk_mode="reduce"),
         lambda: x.float() @ nvfp4_dequant(packed, fscale, s2).T + biasf, 1e-2)
-    v["nvfp4_w4a16_triton(fp32 out)"] = (
-        lambda: nvfp4_w4a16_mm(x, packed, fscale, s2, bias, torch.float32),
-        lambda: x.float() @ nvfp4_dequant(packed, fscale, s2).T + biasf, 1e-4)
     v["gguf_q8_0_triton"] = (
         lambda: q8_0_mm(x, q8raw, bias),
         lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)

@@ -64,3 +64,25 @@ def test_gpu_against_reference(m, n, k):
     ref = x.double() @ w_f64.to(torch.bfloat16).double().T
     out = q8_0_mm(x.cuda(), w_packed.cuda(), None, torch.float32)
     assert rel_err(out.cpu(), ref) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [1, 16, 300])
+def test_gpu_q4_k_and_repacked_layouts(m):
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize
+
+    from quantomni.kernels.triton.group_affine_gemm import group_affine_mm, prepare_q4_k_weight, prepare_q8_0_weight
+    from triton_kernel_refs import random_q4_k
+
+    gen = torch.Generator().manual_seed(m)
+    n, k = 520, 3072
+    q4 = random_q4_k(n, k, gen)
+    w4 = torch.from_numpy(dequantize(q4.numpy(), gguf.GGMLQuantizationType.Q4_K)).reshape(n, k)
+    q8, w8 = random_q8_0(n, k, gen)
+    x = torch.randn(m, k, generator=gen).to(torch.bfloat16)
+    for raw, w_ref, direct, prep in ((q4, w4, q4_k_mm, prepare_q4_k_weight), (q8, w8, q8_0_mm, prepare_q8_0_weight)):
+        ref = x.double() @ w_ref.to(torch.bfloat16).double().T
+        assert rel_err(direct(x.cuda(), raw.cuda(), None, torch.float32).cpu(), ref) < 1e-5
+        assert rel_err(group_affine_mm(x.cuda(), prep(raw.cuda()), None, torch.float32).cpu(), ref) < 1e-5

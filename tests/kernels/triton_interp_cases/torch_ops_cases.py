@@ -30,12 +30,20 @@ def test_fullgraph_compile_of_quantized_linears():
         a = ops.int8_scaled_mm(xq, w8, xs, ws, bias, torch.float32)
         b = ops.nvfp4_w4a16_mm(x, w_packed, w_scale, w_scale_2, bias, torch.float32)
         c = ops.q8_0_mm(x, q8raw, None, torch.float32)
-        return a, b, c
+        yq, ys = ops.layernorm_modulate_quant(x, bias[:1].expand(64).contiguous(), bias[:1].expand(64).contiguous(),
+                                              torch.float8_e4m3fn, 1e-6)
+        d = ops.group_affine_mm(x, q8prep.codes, q8prep.scale, None, 8, None, torch.float32)
+        return a, b, c, d, yq, ys
 
+    from quantomni.kernels.triton.group_affine_gemm import prepare_q8_0_weight
+
+    q8prep = prepare_q8_0_weight(q8raw)
     compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
-    a, b, c = compiled(x)
+    a, b, c, d, yq, ys = compiled(x)
+    assert rel_err(d, c.double()) < 1e-6
+    assert yq.dtype == torch.float8_e4m3fn and ys.shape == (5, 1)
     assert rel_err(a, x.double() @ w.double().T + bias.double()) < 0.02
     assert rel_err(b, x.double() @ nvfp4_dequant_f64(w_packed, w_scale, w_scale_2).T + bias.double()) < 1e-6
     assert rel_err(c, x.double() @ q8f64.to(torch.bfloat16).double().T) < 1e-6
-    fake_shapes = [t.shape for t in block(x)]
-    assert fake_shapes == [a.shape, b.shape, c.shape] == [(5, 24)] * 3
+    eager = block(x)
+    assert [t.shape for t in eager[:4]] == [a.shape, b.shape, c.shape, d.shape] == [(5, 24)] * 4

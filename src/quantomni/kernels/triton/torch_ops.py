@@ -22,7 +22,7 @@ def register_ops() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from . import act_quant, fp8_gemm, gguf_gemm, int8_gemm, nvfp4_gemm
+    from . import act_quant, fp8_gemm, gguf_gemm, group_affine_gemm, int8_gemm, norm_quant, nvfp4_gemm
 
     def op(name):
         return torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=())
@@ -87,5 +87,24 @@ def register_ops() -> None:
     @_q4_k.register_fake
     def _(x, w_packed, bias, out_dtype):
         return x.new_empty((x.shape[0], w_packed.shape[0]), dtype=out_dtype)
+
+    @op("layernorm_modulate_quant")
+    def _ln_mod_quant(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype,
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return norm_quant.layernorm_modulate_quant(x, shift, scale, out_dtype, eps)
+
+    @_ln_mod_quant.register_fake
+    def _(x, shift, scale, out_dtype, eps):
+        return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((x.shape[0], 1), dtype=torch.float32)
+
+    @op("group_affine_mm")
+    def _group_affine(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, min: Optional[torch.Tensor],
+                      bits: int, bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
+        weight = group_affine_gemm.GroupAffineWeight(codes, scale, min, bits, x.shape[1])
+        return group_affine_gemm.group_affine_mm(x, weight, bias, out_dtype)
+
+    @_group_affine.register_fake
+    def _(x, codes, scale, min, bits, bias, out_dtype):
+        return x.new_empty((x.shape[0], codes.shape[0]), dtype=out_dtype)
 
     _REGISTERED = True
