@@ -47,6 +47,18 @@ def test_rejects_wrong_scale_shape_and_dtype(interp):
         int8_scaled_mm(x, w, torch.ones(4, 1), torch.ones(8), out_dtype=torch.int32)
 
 
+def test_scale_shapes_accepted_and_rejected():
+    from quantomni.kernels.triton._common import scale_vector
+
+    for shape in [(5,), (5, 1), (1, 5)]:
+        v = scale_vector("w_scale", torch.arange(5.0).reshape(shape), 5, torch.device("cpu"))
+        assert v.shape == (5,) and v.tolist() == [0, 1, 2, 3, 4]
+    v = scale_vector("w_scale", 0.25, 5, torch.device("cpu"))
+    assert v.shape == (5,) and v.stride(0) == 0
+    with pytest.raises(KernelInputError, match=r"w_scale has shape \(5, 2\)"):
+        scale_vector("w_scale", torch.ones(5, 2), 10, torch.device("cpu"))
+
+
 def test_fp8_rejects_k_not_multiple_of_16(interp):
     x = torch.zeros(4, 40).to(torch.float8_e4m3fn)
     w = torch.zeros(8, 40).to(torch.float8_e4m3fn)

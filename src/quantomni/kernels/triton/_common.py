@@ -97,9 +97,8 @@ def scale_vector(name: str, s, length: int, device) -> torch.Tensor:
         raise KernelInputError(f"{name} is on {s.device}; the inputs are on {device}")
     if s.numel() == 1:
         return s.reshape(1).expand(length)
-    flat = s.reshape(-1) if s.dim() <= 2 and s.numel() == length else None
-    if flat is None or (s.dim() == 2 and s.shape[1] != 1):
+    if s.dim() > 2 or s.numel() != length or (s.dim() == 2 and 1 not in s.shape):
         raise KernelInputError(
-            f"{name} has shape {tuple(s.shape)}; expected [{length}], [{length}, 1] or a single value"
+            f"{name} has shape {tuple(s.shape)}; expected [{length}], [{length}, 1], [1, {length}] or a single value"
         )
-    return flat
+    return s.reshape(-1)
