@@ -21,7 +21,7 @@ from ._common import (
     KernelInputError, check_bias, check_out_dtype, check_same_device, check_tensor, interpret_mode,
     require_triton,
 )
-from .gguf_gemm import Q4_K_BLOCK, Q4_K_BLOCK_BYTES, Q8_0_BLOCK, Q8_0_BLOCK_BYTES
+from .gguf_gemm import Q4_K_BLOCK, Q4_K_BLOCK_BYTES, Q8_0_BLOCK_BYTES
 
 GROUP = 32
 
