@@ -79,9 +79,44 @@ def _run_all_cases(timeout: int) -> dict:
     return results
 
 
+_COMPILE_PROC: list = []
+_COMPILE_CODE = (
+    "import json\n"
+    "from quantomni.kernels.triton.sm90_compile_check import compile_for_sm90\n"
+    "print(json.dumps(compile_for_sm90()))\n"
+)
+
+
+def start_sm90_compile_check() -> None:
+    """Start the sm_90 ahead-of-time compile check in the background (it overlaps the interpreter run)."""
+    import importlib.util
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if _COMPILE_PROC or importlib.util.find_spec("triton.backends.nvidia") is None:
+        return
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    _COMPILE_PROC.append(subprocess.Popen([sys.executable, "-c", _COMPILE_CODE], env=env,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+
+
+def sm90_compile_check_result(timeout: int = 300):
+    """(returncode, stdout, stderr) of the compile check, starting it if needed."""
+    start_sm90_compile_check()
+    proc = _COMPILE_PROC[0]
+    out, err = proc.communicate(timeout=timeout)
+    _COMPILE_PROC[0] = type("Done", (), {"communicate": lambda self, timeout=None: (out, err),
+                                         "returncode": proc.returncode})()
+    return proc.returncode, out, err
+
+
 def run_interpreter_cases(case_file: str, timeout: int = 300) -> None:
     """Assert that every case in tests/kernels/triton_interp_cases/<case_file> passed under the interpreter."""
     if not _CASE_RESULTS:
+        start_sm90_compile_check()
         _CASE_RESULTS.update(_run_all_cases(timeout))
     module = case_file.removesuffix(".py")
     if module not in _CASE_RESULTS:
