@@ -99,8 +99,12 @@ def start_sm90_compile_check() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    _COMPILE_PROC.append(subprocess.Popen([sys.executable, "-c", _COMPILE_CODE], env=env,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    import atexit
+
+    proc = subprocess.Popen([sys.executable, "-c", _COMPILE_CODE], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _COMPILE_PROC.append(proc)
+    atexit.register(lambda: proc.poll() is None and proc.kill())  # deselected compile test: stop it
 
 
 def sm90_compile_check_result(timeout: int = 300):
