@@ -68,7 +68,7 @@ def scaled_mm_fp8(x_q, xs, w_q, ws_row, bias):
 
 # ----------------------------------------------------------------------------- weight builders
 def quantize_weights(w, gen):
-    """All quantized forms of one bf16 weight [N, K] (random NVFP4 codes: speed + exactness check)."""
+    """All quantized forms of one bf16 weight [N, K] (Q4_K: random blocks, the others quantize w)."""
     n, k = w.shape
     wf = w.float()
     out = {}
@@ -76,9 +76,9 @@ def quantize_weights(w, gen):
     out["int8"] = (torch.round(wf / ws8[:, None]).clamp(-127, 127).to(torch.int8), ws8)
     wsf = (wf.abs().amax(dim=1) / 448.0).clamp(min=1e-12)
     out["fp8"] = ((wf / wsf[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn), wsf)
-    packed = torch.randint(0, 256, (n, k // 2), dtype=torch.uint8, device=w.device, generator=gen)
-    scale = (torch.rand(n, k // 16, device=w.device, generator=gen) * 2 + 0.01).to(torch.float8_e4m3fn)
-    out["nvfp4"] = (packed, scale, torch.tensor([0.05], device=w.device))
+    from quantomni.kernels.triton.nvfp4_pack import quantize_nvfp4
+
+    out["nvfp4"] = quantize_nvfp4(w)
     blocks = wf.reshape(n, k // 32, 32)
     d = (blocks.abs().amax(dim=-1) / 127.0).clamp(min=1e-12).to(torch.float16)
     qs = torch.round(blocks / d.float()[..., None]).clamp(-127, 127).to(torch.int8)
@@ -129,7 +129,10 @@ def nvfp4_dequant(packed, scale, s2):
 
 # ----------------------------------------------------------------------------- variants
 def build_variants(x, w, bias, q):
-    """name -> (callable, reference thunk, tolerance). References are fp32 torch on the same inputs."""
+    """name -> (callable, reference thunk, tolerance). References are fp32 torch on the same inputs.
+
+    Every GEMM row also gets err_vs_float: its error against x @ w.T in fp32, i.e. the quantization
+    error of the format (not meaningful for Q4_K, whose blocks are random here)."""
     from quantomni.kernels.triton.act_quant import per_token_quant_fp8, per_token_quant_int8
     from quantomni.kernels.triton.fp8_gemm import fp8_scaled_mm
     from quantomni.kernels.triton.gguf_gemm import q4_k_mm, q8_0_mm
@@ -286,6 +289,7 @@ def main(argv=None):
         for M in ms_list:
             x = torch.randn(M, K, device=dev, generator=gen).to(torch.bfloat16)
             variants = build_variants(x, w, bias, q)
+            float_ref = x.float() @ w.float().T + bias.float()
             bf16_ms = None
             for name, (fn, ref_fn, tol) in variants.items():
                 if only and name != "bf16_torch.mm" and not any(o in name for o in only):
@@ -305,6 +309,8 @@ def main(argv=None):
                         err = rel_err(out, ref_fn())
                         rec["rel_err"] = err
                         rec["ok"] = bool(err == err and err < tol)
+                        if "q4_k" not in name:
+                            rec["err_vs_float"] = rel_err(out, float_ref)
                     else:
                         rec["ok"] = True
                     ms = do_bench(fn, warmup=10, rep=args.rep_ms, return_mode="median")
@@ -321,7 +327,7 @@ def main(argv=None):
                     rec["traceback"] = traceback.format_exc()[-1500:]
                 results.append(rec)
                 print(_row(rec), flush=True)
-            del x, variants
+            del x, variants, float_ref
         del w, q
         if not args.cpu_smoke:
             torch.cuda.empty_cache()
@@ -341,7 +347,8 @@ def _write(path, meta, results, t_start):
         json.dump({"meta": meta, "results": results}, f, indent=1)
 
 
-_HEADER = f"{'M':>5} {'K':>6} {'N':>6}  {'variant':38} {'ms':>9} {'TFLOP/s':>8} {'xBF16':>6} {'rel_err':>9}  status"
+_HEADER = (f"{'M':>5} {'K':>6} {'N':>6}  {'variant':38} {'ms':>9} {'TFLOP/s':>8} {'xBF16':>6} {'rel_err':>9} "
+           f"{'vs_float':>9}  status")
 
 
 def _row(rec):
@@ -352,7 +359,8 @@ def _row(rec):
         return format(val, fmt) if ok else "-".rjust(width)
     status = "ok" if rec.get("ok") else ("ERROR " + rec.get("error", "accuracy")[:60] if "error" in rec else "FAIL(accuracy)")
     return (f"{rec['M']:>5} {rec['K']:>6} {rec['N']:>6}  {rec['variant'][:38]:38} {f('ms', '9.4f')} "
-            f"{f('tflops', '8.1f')} {f('speedup_vs_bf16', '6.2f')} {f('rel_err', '9.2e')}  {status}")
+            f"{f('tflops', '8.1f')} {f('speedup_vs_bf16', '6.2f')} {f('rel_err', '9.2e')} "
+            f"{f('err_vs_float', '9.2e')}  {status}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Public entry points (each wrapper checks device/dtype/shape and raises KernelInp
   int8_gemm.int8_scaled_mm / int8_linear                  INT8 W8A8, int32 acc, fused epilogue
   fp8_gemm.fp8_scaled_mm / fp8_linear                     FP8 W8A8, fused epilogue
   nvfp4_gemm.nvfp4_w4a16_mm / prepare_nvfp4_weight        NVFP4 W4A16 (large-M GEMM + small-M split-K)
+  nvfp4_pack.quantize_nvfp4 / dequantize_nvfp4           torch NVFP4 quantizer (ModelOpt recipe) + reference
   gguf_gemm.q8_0_mm / q4_k_mm                             GGUF blocks read as stored, fused dequant GEMM
   group_affine_gemm.prepare_q8_0_weight / prepare_q4_k_weight / group_affine_mm
                                                           GGUF repacked once at load time (vector loads)
