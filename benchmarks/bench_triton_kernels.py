@@ -275,7 +275,8 @@ def main(argv=None):
     except OSError:
         commit = ""
     meta = {
-        "device": "cpu (smoke test)" if args.cpu_smoke else torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        "device": "cpu (smoke test)" if args.cpu_smoke else torch.cuda.get_device_name(),
+        "torch": torch.__version__, "triton": triton.__version__,
         "cuda": torch.version.cuda, "python": platform.python_version(), "commit": commit,
         "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "timing": "triton.testing.do_bench median, ms; W8A8 rows include activation quantization",
@@ -285,10 +286,20 @@ def main(argv=None):
     for (K, N) in shapes:
         w = (torch.randn(N, K, device=dev, generator=gen) * 0.02).to(torch.bfloat16)
         bias = (torch.randn(N, device=dev, generator=gen) * 0.1).to(torch.bfloat16)
-        q = quantize_weights(w, gen)
+        try:
+            q = quantize_weights(w, gen)
+        except Exception as exc:  # record and go on with the next shape
+            results.append({"M": None, "K": K, "N": N, "variant": "quantize_weights", "ok": False,
+                            "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
+            continue
         for M in ms_list:
             x = torch.randn(M, K, device=dev, generator=gen).to(torch.bfloat16)
-            variants = build_variants(x, w, bias, q)
+            try:
+                variants = build_variants(x, w, bias, q)
+            except Exception as exc:
+                results.append({"M": M, "K": K, "N": N, "variant": "build_variants", "ok": False,
+                                "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
+                continue
             float_ref = x.float() @ w.float().T + bias.float()
             bf16_ms = None
             for name, (fn, ref_fn, tol) in variants.items():
@@ -358,7 +369,7 @@ def _row(rec):
         ok = isinstance(val, (int, float)) and not (isinstance(val, float) and math.isnan(val))
         return format(val, fmt) if ok else "-".rjust(width)
     status = "ok" if rec.get("ok") else ("ERROR " + rec.get("error", "accuracy")[:60] if "error" in rec else "FAIL(accuracy)")
-    return (f"{rec['M']:>5} {rec['K']:>6} {rec['N']:>6}  {rec['variant'][:38]:38} {f('ms', '9.4f')} "
+    return (f"{str(rec['M']):>5} {rec['K']:>6} {rec['N']:>6}  {rec['variant'][:38]:38} {f('ms', '9.4f')} "
             f"{f('tflops', '8.1f')} {f('speedup_vs_bf16', '6.2f')} {f('rel_err', '9.2e')} "
             f"{f('err_vs_float', '9.2e')}  {status}")
 
