@@ -1,0 +1,104 @@
+"""Shared helpers for the Triton kernels: lazy triton import, input checks.
+
+Why lazy: importing quantomni must never require triton (CPU-only installs, CI);
+each kernel module builds its jitted functions the first time a wrapper is called.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+class KernelInputError(ValueError):
+    """A tensor handed to a Triton kernel wrapper has the wrong device, dtype or shape."""
+
+
+def require_triton():
+    """Import triton and triton.language, or raise an ImportError naming the install command."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "quantomni's Triton kernels need triton: pip install triton "
+            "(it ships with the CUDA builds of torch)"
+        ) from exc
+    return triton, tl
+
+
+def interpret_mode() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1); read at call time."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def check_device(name: str, t: torch.Tensor) -> None:
+    """Tensors must live on CUDA, or on CPU when the interpreter is on."""
+    if t.device.type == "cuda":
+        return
+    if t.device.type == "cpu" and interpret_mode():
+        return
+    raise KernelInputError(
+        f"{name} is on device {t.device}; Triton kernels need a CUDA tensor "
+        "(CPU tensors only work with TRITON_INTERPRET=1)"
+    )
+
+
+def check_tensor(name: str, t, dtypes, ndim: int) -> torch.Tensor:
+    """Check that `t` is a tensor of one of `dtypes` with `ndim` dimensions on a usable device."""
+    if not isinstance(t, torch.Tensor):
+        raise KernelInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d) for d in dtypes)
+        raise KernelInputError(f"{name} has dtype {t.dtype}; allowed: {allowed}")
+    if t.dim() != ndim:
+        raise KernelInputError(f"{name} has shape {tuple(t.shape)}; expected {ndim} dimensions")
+    check_device(name, t)
+    return t
+
+
+def check_same_device(**tensors) -> None:
+    devs = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devs.values())) > 1:
+        raise KernelInputError(f"tensors are on different devices: {devs}")
+
+
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def check_out_dtype(out_dtype) -> None:
+    if out_dtype not in OUT_DTYPES:
+        raise KernelInputError(f"out_dtype is {out_dtype}; allowed: torch.bfloat16, torch.float16, torch.float32")
+
+
+def check_bias(bias, n: int, device) -> None:
+    """bias is None or a 1-D float tensor [N]."""
+    if bias is None:
+        return
+    check_tensor("bias", bias, (torch.bfloat16, torch.float16, torch.float32), 1)
+    if bias.shape[0] != n:
+        raise KernelInputError(f"bias has shape {tuple(bias.shape)}; expected [{n}] (N of the weight)")
+    if bias.device != device:
+        raise KernelInputError(f"bias is on {bias.device}; the inputs are on {device}")
+
+
+def scale_vector(name: str, s, length: int, device) -> torch.Tensor:
+    """Turn a per-row scale ([L], [L,1], or a scalar / 1-element tensor) into a float32 [L] view.
+
+    A scalar becomes a stride-0 expanded view, so the kernel reads one value for every row.
+    """
+    if isinstance(s, (float, int)):
+        s = torch.tensor([float(s)], dtype=torch.float32, device=device)
+    if not isinstance(s, torch.Tensor):
+        raise KernelInputError(f"{name} must be a float32 tensor or a Python float, got {type(s).__name__}")
+    if s.dtype != torch.float32:
+        raise KernelInputError(f"{name} has dtype {s.dtype}; allowed: torch.float32")
+    if s.device != device:
+        raise KernelInputError(f"{name} is on {s.device}; the inputs are on {device}")
+    if s.numel() == 1:
+        return s.reshape(1).expand(length)
+    if s.dim() > 2 or s.numel() != length or (s.dim() == 2 and 1 not in s.shape):
+        raise KernelInputError(
+            f"{name} has shape {tuple(s.shape)}; expected [{length}], [{length}, 1], [1, {length}] or a single value"
+        )
+    return s.reshape(-1)
