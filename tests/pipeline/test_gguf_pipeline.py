@@ -345,3 +345,19 @@ def test_every_architecture_loads_through_the_streaming_loader(arch, tmp_path):
         else:  # a quantized tensor that is not a Linear weight (e.g. a pad token, a position table): loaded dense
             assert 0 < ((t - sd[name]).norm() / sd[name].norm()).item() < 1e-2, name
     assert checked == plan.quantized_count
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gguf_pipeline_on_cuda(flux, files, bf16):
+    """Packed weights live on the GPU and are dequantized there; same image as on CPU within noise."""
+    from quantomni.layers.linear import QuantLinear
+
+    base, _ = flux
+    ref, _ = bf16
+    omni = Omni(base, gguf_model=files["q8_bfl"], device="cuda", progress=False)
+    qls = [m for m in omni.pipe.transformer.modules() if isinstance(m, QuantLinear)]
+    assert qls and all(m.weight.is_cuda and m.weight.dtype == torch.uint8 for m in qls)
+    value = _psnr(ref, omni.generate("a red teapot", **KW).images[0])
+    print(f"cuda q8_bfl: PSNR vs CPU BF16 {value:.2f} dB")
+    assert value >= 35
