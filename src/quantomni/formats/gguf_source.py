@@ -39,13 +39,18 @@ class GgufTensorSource(TensorSource):
         return self.ckpt.tensors[self.names()[target].source].qtype
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        for e in self.entries:
-            if e.target in self.packed_targets:
-                yield e.target, packed_entry(self.ckpt, e)
-                continue
-            qtype = self.ckpt.tensors[e.source].qtype
-            dense = dense_entry(self.ckpt, e, dtype=_STORED_FLOAT.get(int(qtype), torch.float32))
-            yield e.target, self._owned(dense)
+        try:
+            for e in self.entries:
+                if e.target in self.packed_targets:
+                    yield e.target, packed_entry(self.ckpt, e)
+                    continue
+                qtype = self.ckpt.tensors[e.source].qtype
+                dense = dense_entry(self.ckpt, e, dtype=_STORED_FLOAT.get(int(qtype), torch.float32))
+                yield e.target, self._owned(dense)
+        finally:
+            # Every yielded view has been copied by its consumer by now (or is still referenced by one,
+            # which keeps its pages alive): drop our reference so the file map can be unmapped.
+            self.ckpt._base = None
 
     def _owned(self, t: torch.Tensor) -> torch.Tensor:
         """``t``, copied if it still shares memory with the file map (a plain type's view)."""
