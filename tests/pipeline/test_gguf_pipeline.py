@@ -103,7 +103,10 @@ def test_gguf_pipeline_close_to_bf16_and_packed(flux, files, bf16, name, min_psn
     ref, bf16_bytes = bf16
     omni = Omni(base, gguf_model=files[name], device="cpu", progress=False)
     plan = omni.plans["transformer"]
-    info = omni.describe()["components"]["transformer"]
+    described = json.loads(json.dumps(omni.describe()))  # serialisable as served by the API
+    assert described["quantization"]["components"]["denoiser"]["path"] == str(files[name])
+    info = described["components"]["transformer"]
+    assert info["scheme"].startswith("gguf flux (")
     assert info["method"] == "gguf" and plan.quantized_count > 0
     # every packed weight was copied into memory the model owns: the file map is released after loading
     assert omni.quant_config.components["denoiser"].file_state().ckpt._base is None
