@@ -30,3 +30,16 @@ class Int8Scheme:
 
     def describe(self) -> str:
         return "int8 W:per-channel-symmetric A:dynamic per-token"
+
+
+@dataclasses.dataclass(frozen=True)
+class GgufScheme:
+    """Weights stored in a GGUF block format and dequantized per use; activations in the compute dtype.
+
+    qtype_name: the ggml quantization type of the layer's weight as named by gguf ("Q8_0", "Q4_K", ...).
+    """
+
+    qtype_name: str
+
+    def describe(self) -> str:
+        return f"gguf {self.qtype_name}"

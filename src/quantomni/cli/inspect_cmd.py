@@ -19,7 +19,7 @@ def run(args) -> int:
 
     info = inspect_model(
         args.model, args.quantization, quantization_config_arg(args.quantization_config), args.linear_backend,
-        args.dtype, args.device,
+        args.dtype, args.device, gguf_model=args.gguf_model,
     )
     plans = info.pop("plans")
     if args.json:
@@ -34,6 +34,11 @@ def run(args) -> int:
         qtext = "-" if q is None else (q.get("scheme") or q.get("method") or "none")
         params = f", {entry['parameters']:,} params" if "parameters" in entry else ""
         print(f"  {name:16s} {entry['library']}.{entry['class']}{params}; quantization: {qtext}")
+        ck = entry.get("checkpoint")
+        if ck is not None:
+            types = ", ".join(f"{q}: {n}" for q, n in ck["weight_qtypes"].items())
+            print(f"    GGUF file {ck['path']} ({ck['file_bytes']:,} bytes): architecture {ck['architecture']} "
+                  f"({ck['diffusers_class']}), {ck['naming']} naming, {ck['tensors']} tensors; 2-D weights: {types}")
     for name, plan in plans.items():
         print()
         print(plan.summary())

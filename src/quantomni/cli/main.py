@@ -24,6 +24,8 @@ def add_quantization_arguments(parser: argparse.ArgumentParser) -> None:
                         help="method name (fp8, int8, ...) or 'none'; applies to the denoiser")
     parser.add_argument("--quantization-config", default=None,
                         help="JSON spec or path to a JSON file (method dict or per-component dict)")
+    parser.add_argument("--gguf-model", default=None, metavar="PATH",
+                        help="GGUF file that supplies the (already quantized) denoiser; the rest comes from the model dir")
     parser.add_argument("--linear-backend", default="auto",
                         help="auto | torch | scaled_mm | int_mm | per format: fp8=scaled_mm,int8=int_mm")
     parser.add_argument("--dtype", default="bfloat16", help="dtype of unquantized parts (bfloat16, float16, float32)")

@@ -65,6 +65,10 @@ def cuda_capability(device: torch.device) -> tuple[int, int] | None:
 _KERNELS: dict[str, list[str]] = {
     "fp8": ["quantomni.kernels.fp8_scaled_mm:ScaledMmFp8Kernel", "quantomni.kernels.fp8_torch:TorchFp8Kernel"],
     "int8": ["quantomni.kernels.int8_int_mm:IntMmInt8Kernel", "quantomni.kernels.int8_torch:TorchInt8Kernel"],
+    "gguf": [
+        # slot 0: the fused Triton GEMM for Q8_0 (quantomni.kernels.triton.gguf_gemm), being written separately
+        "quantomni.kernels.gguf_torch:TorchGgufKernel",
+    ],
 }
 
 

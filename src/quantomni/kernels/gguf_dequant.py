@@ -206,6 +206,19 @@ _TYPE_NAMES = {0: "F32", 1: "F16", 30: "BF16", 8: "Q8_0", 2: "Q4_0", 3: "Q4_1", 
                11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 20: "IQ4_NL", 23: "IQ4_XS"}
 
 
+def qtype_id(name: str) -> int:
+    """ggml type id of a supported type given by name ("Q8_0", "q4_k", ...)."""
+    for k, v in _TYPE_NAMES.items():
+        if v == name.upper():
+            return k
+    raise ValueError(f"GGUF quantization type {name!r} is not supported; supported: {', '.join(_TYPE_NAMES.values())}")
+
+
+def is_block_type(qtype) -> bool:
+    """True for the packed (block-quantized) types, False for F32/F16/BF16 and unsupported ones."""
+    return int(qtype) in _BLOCK_TYPES
+
+
 def _name(qtype) -> str:
     if hasattr(qtype, "name"):
         return qtype.name

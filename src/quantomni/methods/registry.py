@@ -11,6 +11,7 @@ import importlib
 _METHODS: dict[str, str] = {
     "fp8": "quantomni.methods.fp8:Fp8Config",
     "int8": "quantomni.methods.int8:Int8Config",
+    "gguf": "quantomni.methods.gguf:GgufConfig",
 }
 
 

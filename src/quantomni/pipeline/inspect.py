@@ -11,16 +11,20 @@ from quantomni.models.registry import adapter_for_class
 from quantomni.pipeline.backends import BackendRequest
 from quantomni.pipeline.loader import build_empty_model
 from quantomni.pipeline.model_index import read_model_index
-from quantomni.pipeline.omni import merge_quantization_args
+from quantomni.pipeline.omni import resolve_quant_config
 from quantomni.pipeline.planner import plan_component
 from quantomni.pipeline.runtime import resolve_device, resolve_dtype
 
 
 def inspect_model(model, quantization=None, quantization_config=None, linear_backend="auto", dtype="bfloat16",
-                  device=None) -> dict[str, Any]:
-    """Return components, detected/requested quantization and the per-layer plan (meta device only)."""
+                  device=None, gguf_model=None) -> dict[str, Any]:
+    """Return components, detected/requested quantization and the per-layer plan (meta device only).
+
+    For a pre-quantized checkpoint (``gguf_model``) its header is read and checked against the model
+    (architecture, tensor names and shapes); no tensor data is read or dequantized.
+    """
     root = Path(model)
-    cfg = merge_quantization_args(quantization, quantization_config)
+    cfg = resolve_quant_config(quantization, quantization_config, gguf_model)
     index = read_model_index(root)
     resolved = cfg.resolve(list(index.components))
     dev, dt = resolve_device(device), resolve_dtype(dtype)
@@ -32,6 +36,11 @@ def inspect_model(model, quantization=None, quantization_config=None, linear_bac
         entry: dict[str, Any] = {"library": library, "class": class_name, "quantization": None}
         is_model = (root / name / "config.json").is_file()
         if is_model and library == "diffusers" and (name in resolved or name in DENOISER_COMPONENTS):
+            method_cfg = resolved.get(name)
+            if method_cfg is not None and method_cfg.prequantized:
+                method_cfg.open_tensor_source(root / name)  # validates the checkpoint against this component
+                if hasattr(method_cfg, "summary"):
+                    entry["checkpoint"] = method_cfg.summary()
             module = build_empty_model(index.component_class(name), root / name)
             comp_adapter = adapter if name in DENOISER_COMPONENTS else GENERIC
             plan = plan_component(module, name, resolved.get(name), comp_adapter, dev, dt, backends)

@@ -8,6 +8,7 @@ import logging
 import warnings
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,21 @@ def merge_quantization_args(quantization, quantization_config):
     return build_quant_config(quantization if quantization is not None else quantization_config)
 
 
+def resolve_quant_config(quantization, quantization_config, gguf_model=None) -> PipelineQuantConfig:
+    """``merge_quantization_args`` plus ``gguf_model``: a GGUF file supplies an already-quantized
+    denoiser and so selects its own method; combining it with another quantization is an error."""
+    cfg = merge_quantization_args(quantization, quantization_config)
+    if gguf_model is None:
+        return cfg
+    if cfg.is_quantized:
+        raise ValueError(
+            f"gguf_model={str(gguf_model)!r}: the GGUF file already selects its quantization method (gguf, with "
+            f"the per-layer types stored in the file); do not also pass quantization/quantization_config "
+            f"(got {cfg.describe()})"
+        )
+    return build_quant_config({"method": "gguf", "path": str(gguf_model)})
+
+
 class Omni:
     """A loaded (optionally quantized) diffusion pipeline.
 
@@ -75,13 +91,7 @@ class Omni:
     ):
         t0 = time.perf_counter()
         self.model_dir = Path(model)
-        self.quant_config: PipelineQuantConfig = merge_quantization_args(quantization, quantization_config)
-        if gguf_model is not None:
-            if self.quant_config.is_quantized:
-                raise ValueError(
-                    "gguf_model supplies an already-quantized denoiser; do not also pass quantization/quantization_config"
-                )
-            self.quant_config = build_quant_config({"method": "gguf", "path": str(gguf_model)})
+        self.quant_config: PipelineQuantConfig = resolve_quant_config(quantization, quantization_config, gguf_model)
         self.dtype = resolve_dtype(dtype)
         self.device = resolve_device(device)
         self.backends = BackendRequest.parse(linear_backend)
@@ -173,6 +183,7 @@ class Omni:
                 "scheme": plan.scheme if plan else None,
                 "quantized_layers": plan.quantized_count if plan else 0,
                 "kernels": dict(plan.backends()) if plan else {},
+                "layer_schemes": dict(Counter(r.scheme for r in plan.records if r.quantized)) if plan else {},
                 "weight_bytes": module_bytes(module),
             }
         return {

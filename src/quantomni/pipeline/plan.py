@@ -76,13 +76,13 @@ class ComponentPlan:
 
     def table(self) -> str:
         """Fixed-width per-layer table for ``inspect``."""
-        rows = [("layer", "shape", "method", "kernel", "reason")]
+        rows = [("layer", "shape", "method", "scheme", "kernel", "reason")]
         for r in self.records:
             rows.append(
-                (r.name, f"{r.out_features}x{r.in_features}", r.method or "-", r.backend or "-", r.reason)
+                (r.name, f"{r.out_features}x{r.in_features}", r.method or "-", r.scheme or "-", r.backend or "-", r.reason)
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
         lines = []
         for row in rows:
-            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
         return "\n".join(lines)
