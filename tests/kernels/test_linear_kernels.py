@@ -195,3 +195,37 @@ def test_int_mm_matches_reference_on_gpu(rng_seed, m, k, n):
     out = IntMmInt8Kernel.apply(_layer(wq, ws, b), x)
     ref = int8_linear_reference(x.float(), wq, ws, b.float())
     assert rel_error(out, ref) < 1e-2
+
+
+@cuda_only
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(1, 64, 32), (16, 128, 64), (17, 256, 128), (300, 3072, 1536), (4608, 3072, 3072)])
+@pytest.mark.parametrize("backend", ["fused_scaled_mm", "triton_int8"])
+def test_triton_backends_match_reference_on_gpu(rng_seed, m, k, n, backend):
+    from quantomni.kernels.triton_backends import FusedQuantScaledMmFp8Kernel, TritonInt8Kernel
+
+    x, w, b = _data(m, k, n, torch.bfloat16, "cuda")
+    x[min(3, m - 1), :7] *= 40.0  # an outlier token must not disturb the other rows' scales
+    if backend == "fused_scaled_mm":
+        if torch.cuda.get_device_capability() < (8, 9):
+            pytest.skip("needs sm_89+")
+        wq, ws = quantize_weight_fp8(w, "channel")
+        out = FusedQuantScaledMmFp8Kernel.apply(_layer(wq, ws, b, Fp8Scheme("channel", "token")), x)
+        ref = fp8_linear_reference(x.float(), wq, ws, "token", None, b.float())
+    else:
+        wq, ws = quantize_weight_int8(w)
+        out = TritonInt8Kernel.apply(_layer(wq, ws, b), x)
+        ref = int8_linear_reference(x.float(), wq, ws, b.float())
+    assert out.dtype == torch.bfloat16
+    assert rel_error(out, ref) < 1e-2
+
+
+@cuda_only
+@pytest.mark.gpu
+def test_auto_picks_triton_backends_on_hopper():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs sm_89+")
+    kernel, _ = select_linear_kernel(_spec("fp8", device="cuda", scheme=Fp8Scheme()), "auto")
+    assert kernel.name == "fused_scaled_mm"
+    kernel, _ = select_linear_kernel(_spec("int8", device="cuda"), "auto")
+    assert kernel.name == "triton"

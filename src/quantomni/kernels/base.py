@@ -63,8 +63,16 @@ def cuda_capability(device: torch.device) -> tuple[int, int] | None:
 
 #: format -> backends in priority order ("module:Class"); the torch reference is always last.
 _KERNELS: dict[str, list[str]] = {
-    "fp8": ["quantomni.kernels.fp8_scaled_mm:ScaledMmFp8Kernel", "quantomni.kernels.fp8_torch:TorchFp8Kernel"],
-    "int8": ["quantomni.kernels.int8_int_mm:IntMmInt8Kernel", "quantomni.kernels.int8_torch:TorchInt8Kernel"],
+    "fp8": [
+        "quantomni.kernels.triton_backends:FusedQuantScaledMmFp8Kernel",
+        "quantomni.kernels.fp8_scaled_mm:ScaledMmFp8Kernel",
+        "quantomni.kernels.fp8_torch:TorchFp8Kernel",
+    ],
+    "int8": [
+        "quantomni.kernels.triton_backends:TritonInt8Kernel",
+        "quantomni.kernels.int8_int_mm:IntMmInt8Kernel",
+        "quantomni.kernels.int8_torch:TorchInt8Kernel",
+    ],
     "gguf": [
         # slot 0: the fused Triton GEMM for Q8_0 (quantomni.kernels.triton.gguf_gemm), being written separately
         "quantomni.kernels.gguf_torch:TorchGgufKernel",
