@@ -21,6 +21,8 @@ def add_arguments(p):
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--output", default="output.png", help="image path; with several images, _N is appended")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--force-cutlass-fp8", action="store_true",
+                   help="run FP8 layers of a pre-quantized (ModelOpt) checkpoint on scaled_mm (CUDA cc >= 8.9)")
 
 
 def run(args) -> int:
@@ -29,6 +31,7 @@ def run(args) -> int:
     omni = Omni(
         args.model, quantization=args.quantization, quantization_config=quantization_config_arg(args.quantization_config),
         linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, progress=not args.no_progress,
+        force_cutlass_fp8=args.force_cutlass_fp8,
     )
     result = omni.generate(
         args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,

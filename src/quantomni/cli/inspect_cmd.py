@@ -12,6 +12,8 @@ def add_arguments(p):
     add_quantization_arguments(p)
     p.add_argument("--json", action="store_true", help="print JSON (with every layer) instead of text")
     p.add_argument("--summary-only", action="store_true", help="omit the per-layer table")
+    p.add_argument("--force-cutlass-fp8", action="store_true",
+                   help="plan FP8 layers of a pre-quantized (ModelOpt) checkpoint on scaled_mm (CUDA cc >= 8.9)")
 
 
 def run(args) -> int:
@@ -19,7 +21,7 @@ def run(args) -> int:
 
     info = inspect_model(
         args.model, args.quantization, quantization_config_arg(args.quantization_config), args.linear_backend,
-        args.dtype, args.device,
+        args.dtype, args.device, force_cutlass_fp8=args.force_cutlass_fp8,
     )
     plans = info.pop("plans")
     if args.json:
@@ -34,9 +36,21 @@ def run(args) -> int:
         qtext = "-" if q is None else (q.get("scheme") or q.get("method") or "none")
         params = f", {entry['parameters']:,} params" if "parameters" in entry else ""
         print(f"  {name:16s} {entry['library']}.{entry['class']}{params}; quantization: {qtext}")
+        if "detected" in entry:
+            from collections import Counter
+
+            d = entry["detected"]
+            producer = d["producer"] or {}
+            formats = Counter(d.get("layer_formats", {}).values())
+            print(f"  {'':16s} detected pre-quantized checkpoint: {d['method']} quant_algo={d['quant_algo']} "
+                  f"producer={producer.get('name', '?')} {producer.get('version', '')} ({d['source']}); "
+                  f"layer formats: {dict(formats)}")
     for name, plan in plans.items():
         print()
         print(plan.summary())
         if not args.summary_only:
             print(plan.table())
+            formats = info["components"].get(name, {}).get("detected", {}).get("layer_formats")
+            if formats:
+                print("stored formats: " + ", ".join(f"{layer}={fmt}" for layer, fmt in formats.items()))
     return 0

@@ -65,6 +65,8 @@ def cuda_capability(device: torch.device) -> tuple[int, int] | None:
 _KERNELS: dict[str, list[str]] = {
     "fp8": ["quantomni.kernels.fp8_scaled_mm:ScaledMmFp8Kernel", "quantomni.kernels.fp8_torch:TorchFp8Kernel"],
     "int8": ["quantomni.kernels.int8_int_mm:IntMmInt8Kernel", "quantomni.kernels.int8_torch:TorchInt8Kernel"],
+    "nvfp4": ["quantomni.kernels.nvfp4_native:NativeFp4Kernel", "quantomni.kernels.nvfp4_torch:TorchNvfp4Kernel"],
+    "int8_sq": ["quantomni.kernels.int8_sq:IntMmInt8SqKernel", "quantomni.kernels.int8_sq:TorchInt8SqKernel"],
 }
 
 
