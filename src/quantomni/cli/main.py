@@ -13,6 +13,7 @@ _COMMANDS = {
     "inspect": ("quantomni.cli.inspect_cmd", "show components, detected quantization and the per-layer plan"),
     "demo-model": ("quantomni.cli.demo_model", "write a built-in tiny random-weight pipeline"),
     "demo": ("quantomni.cli.demo", "BF16 vs FP8 vs INT8 on the built-in tiny model"),
+    "quantize": ("quantomni.cli.quantize", "write a ModelOpt-layout pre-quantized copy of a pipeline (FP8/NVFP4/mixed)"),
 }
 
 
