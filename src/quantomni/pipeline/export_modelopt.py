@@ -12,8 +12,9 @@ Math, as ModelOpt's export does it:
   FP8_PER_CHANNEL_PER_TOKEN; input_scale = calibrated input amax / 448.
 * NVFP4: ``nvfp4_ref.nvfp4_quantize`` with weight_scale_2 = amax(|W|) / (6 * 448);
   input_scale = calibrated input amax / (6 * 448) (none for W4A16_NVFP4).
-* q/k/v (and add_q/k/v) projections of one attention share their weight amax and input amax,
-  as ModelOpt unifies them so that runtimes which fuse the projections can.
+* q/k/v (and add_q/k/v) projections of one attention share their input amax, and for NVFP4
+  their weight amax (one weight_scale_2), as ModelOpt 0.47's diffusers export does so that
+  runtimes which fuse the projections can; its FP8 export keeps per-projection weight scales.
 Input amax comes from calibration through the real pipeline: forward pre-hooks on the
 denoiser's Linear layers record max |x| over every call while the prompts are generated.
 """
@@ -235,7 +236,8 @@ def quantize_pipeline(
         if suffix == "weight" and layer in layer_algos and layer_algos[layer]:
             weight_amax[layer] = t.float().abs().amax()
     for n, g in shared.items():
-        weight_amax[n] = torch.stack([weight_amax[m] for m in g]).amax()
+        if layer_algos[n] in ("NVFP4", "W4A16_NVFP4"):
+            weight_amax[n] = torch.stack([weight_amax[m] for m in g]).amax()
         if n in input_amax:
             input_amax[n] = torch.stack([input_amax[m] for m in g]).amax()
 
