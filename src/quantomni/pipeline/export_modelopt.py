@@ -36,7 +36,7 @@ from quantomni.formats.modelopt import read_quantization_config
 from quantomni.formats.safetensors_io import find_weight_files, iter_tensors
 from quantomni.kernels.nvfp4_ref import E2M1_MAX, E4M3_MAX, nvfp4_quantize
 from quantomni.kernels.quant_ops import FP8_DTYPE, FP8_MAX
-from quantomni.pipeline.quant_policy import resolve_layer_algos
+from quantomni.pipeline.quant_policy import ALGOS, load_policy, resolve_layer_algos
 
 logger = logging.getLogger("quantomni")
 
@@ -132,8 +132,10 @@ def _quantize_layer(algo, w, weight_amax, input_amax) -> dict[str, torch.Tensor]
         raise ValueError("weight has NaN/Inf")
     out: dict[str, torch.Tensor] = {}
     if algo == "FP8":
-        scale = (weight_amax / FP8_MAX).clamp_min(1e-12).reshape(())
-        out["weight"] = (wf / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+        scale = (weight_amax / FP8_MAX).clamp_min(1e-12).reshape(()).float()
+        # Divide in the stored dtype (a 0-dim float32 scale does not promote a bf16 weight), as
+        # ModelOpt does: the bytes then match its export exactly.
+        out["weight"] = (w / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
         out["weight_scale"] = scale.float()
     elif algo == "FP8_PER_CHANNEL_PER_TOKEN":
         scale = (wf.abs().amax(dim=1) / FP8_MAX).clamp_min(1e-12)
@@ -198,6 +200,12 @@ def quantize_pipeline(
         raise ValueError(f"--output {out} exists and is not empty; choose a new directory")
     if out.resolve() == src.resolve():
         raise ValueError("--output must differ from --model")
+    if algo not in ALGOS:
+        raise ValueError(f"--algo {algo!r}: allowed: {', '.join(ALGOS)}")
+    if (algo == "mixed") != (policy is not None):
+        resolve_layer_algos([], algo, None, policy)  # raises the matching --policy error
+    if policy is not None:
+        policy = load_policy(policy)
     index = read_model_index(src)
     comp = next((c for c in DENOISER_COMPONENTS if c in index.components), None)
     if comp is None:
@@ -258,8 +266,6 @@ def quantize_pipeline(
             tensors[name] = t.contiguous()
     bar.close()
     _write_output(src, out, comp, algo, layer_algos, tensors)
-    from quantomni.pipeline.quant_policy import ALGOS
-
     report = ExportReport(
         output=out, component=comp, quant_algo=ALGOS[algo], layer_algos=layer_algos,
         calib_prompts=len(prompts) if calibrated else 0, calib_steps=calib_steps if calibrated else 0,
@@ -271,8 +277,6 @@ def quantize_pipeline(
 
 def _write_output(src: Path, out: Path, comp: str, algo: str, layer_algos, tensors) -> None:
     from safetensors.torch import save_file
-
-    from quantomni.pipeline.quant_policy import ALGOS
 
     out.mkdir(parents=True, exist_ok=True)
     for child in src.iterdir():
