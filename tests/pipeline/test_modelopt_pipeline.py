@@ -223,3 +223,29 @@ def test_unknown_quant_algo_and_bad_config(modelopt_pipelines, tmp_path):
         _load(d)
     with pytest.raises(ModelOptConfigError, match="INT4_AWQ"):
         inspect_model(d, device="cpu")
+
+
+def test_sidecar_config_and_generate_cli(modelopt_pipelines, tmp_path, capsys):
+    """hf_quant_config.json form (fields under "quantization", exclude_modules) is detected too;
+    ``quantomni generate`` needs no quantization flag."""
+    src = modelopt_pipelines("nvfp4")
+    capsys.readouterr()  # drop the fixture's ModelOpt prints
+    d = link_pipeline(src, tmp_path / "sidecar")
+    shutil.copytree(src / "transformer", d / "transformer")
+    cfg = json.loads((d / "transformer" / "config.json").read_text())
+    q = cfg.pop("quantization_config")
+    (d / "transformer" / "config.json").write_text(json.dumps(cfg))
+    (d / "transformer" / "hf_quant_config.json").write_text(json.dumps({
+        "producer": q["producer"],
+        "quantization": {"quant_algo": "NVFP4", "group_size": 16, "exclude_modules": q["ignore"],
+                         "kv_cache_quant_algo": None},
+    }))
+    from quantomni.cli.main import main
+
+    out = tmp_path / "img.png"
+    rc = main(["generate", "--model", str(d), "--prompt", "a teapot", "--height", "64", "--width", "64",
+               "--num-inference-steps", "1", "--output", str(out), "--device", "cpu", "--no-progress"])
+    assert rc == 0 and out.is_file()
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["quantization"]["transformer"]["method"] == "modelopt_fp4"
+    assert summary["quantization"]["transformer"]["kept"] == {"checkpoint": 2}
