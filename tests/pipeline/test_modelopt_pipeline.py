@@ -60,6 +60,11 @@ def test_export_loads_detected_and_matches_modelopt(modelopt_exports, modelopt_p
     desc = omni.describe()
     assert desc["components"]["transformer"]["method"] == method
     assert desc["quantization"]["components"]["transformer"]["method"] == method
+    pre = desc["components"]["transformer"]["prequantized"]
+    assert pre["producer"]["name"] == "modelopt" and pre["quant_algo"] == read_modelopt_config(
+        pipe_dir / "transformer").quant_algo
+    assert sum(v for k, v in pre["layer_format_counts"].items() if k != "BF16") == plan.quantized_count
+    assert "prequantized" not in desc["components"]["vae"]
     stored = read_modelopt_config(pipe_dir / "transformer")
     expected_q = {r.name for r in plan.records if stored.scheme_for(r.name) is not None}
     assert {r.name for r in plan.records if r.quantized} == expected_q and expected_q

@@ -171,6 +171,10 @@ class Omni:
                 "kernels": dict(plan.backends()) if plan else {},
                 "weight_bytes": module_bytes(module),
             }
+            if name in self.detected_prequantized:
+                from quantomni.pipeline.prequantized import describe_detected
+
+                comps[name]["prequantized"] = describe_detected(self.detected_prequantized[name], plan, counts_only=True)
         return {
             "model": self.model_id,
             "path": str(self.model_dir),

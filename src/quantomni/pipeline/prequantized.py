@@ -102,9 +102,10 @@ def force_scaled_mm_fp8(backends, device):
     return BackendRequest(backends.default, {**backends.per_format, "fp8": ScaledMmFp8Kernel.name})
 
 
-def describe_detected(cfg, plan=None) -> dict:
+def describe_detected(cfg, plan=None, counts_only: bool = False) -> dict:
     """What ``inspect`` shows for a detected ModelOpt component: quant_algo, producer, and per
-    layer the stored format (``BF16`` for layers that stay unquantized)."""
+    layer the stored format (``BF16`` for layers that stay unquantized); ``counts_only``: the
+    number of layers per format instead (for ``Omni.describe``)."""
     parsed = cfg.modelopt
     out = {
         "method": cfg.method,
@@ -114,5 +115,12 @@ def describe_detected(cfg, plan=None) -> dict:
         "ignore": list(parsed.ignore),
     }
     if plan is not None:
-        out["layer_formats"] = parsed.describe_layers([r.name for r in plan.records])
+        formats = parsed.describe_layers([r.name for r in plan.records])
+        if counts_only:
+            counts: dict[str, int] = {}
+            for fmt in formats.values():
+                counts[fmt] = counts.get(fmt, 0) + 1
+            out["layer_format_counts"] = counts
+        else:
+            out["layer_formats"] = formats
     return out
