@@ -254,3 +254,12 @@ def test_sidecar_config_and_generate_cli(modelopt_pipelines, tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["quantization"]["transformer"]["method"] == "modelopt_fp4"
     assert summary["quantization"]["transformer"]["kept"] == {"checkpoint": 2}
+
+
+def test_attention_scales_are_skipped_not_fatal(modelopt_pipelines, tmp_path):
+    def add(sd):
+        sd[f"{Q.rpartition('.')[0]}.to_k.k_scale"] = torch.tensor(0.01)
+        sd[f"{Q.rpartition('.')[0]}.to_v.v_scale"] = torch.tensor(0.01)
+
+    omni = _load(_edited_pipeline(modelopt_pipelines, "fp8", tmp_path, edit_tensors=add))
+    assert omni.plans["transformer"].quantized_count == 42

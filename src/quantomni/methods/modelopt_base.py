@@ -41,10 +41,23 @@ def nan_clamp_enabled() -> bool:
     return os.environ.get(SKIP_NAN_CLAMP_ENV, "").strip().lower() not in ("1", "true", "yes", "on")
 
 
+#: attention-quantizer scales ModelOpt may export (FP8 KV / BMM); attention runs unquantized here
+ATTENTION_SCALE_SUFFIXES = (".k_scale", ".v_scale")
+
+
 class ModelOptSafetensorsSource(SafetensorsSource):
     """The component's safetensors, streamed; NVFP4 E4M3 block scales holding NaN bytes
     (0x7F/0xFF, written by some ModelOpt versions) are replaced by 448 (0x7E) on the way, and
-    one warning lists the count and the layers once the stream ends."""
+    one warning lists the count and the layers once the stream ends. Attention-quantizer scales
+    (``*.k_scale`` / ``*.v_scale``) are skipped: attention runs in the model dtype."""
+
+    def names(self):
+        names = super().names()
+        skipped = [n for n in names if n.endswith(ATTENTION_SCALE_SUFFIXES)]
+        if skipped:
+            logger.info("ModelOpt: ignoring %d attention-quantizer scale(s) (e.g. %s); attention runs in the model "
+                        "dtype", len(skipped), skipped[0])
+        return {n: f for n, f in names.items() if not n.endswith(ATTENTION_SCALE_SUFFIXES)}
 
     def iter_tensors(self):
         from quantomni.kernels.nvfp4_ref import clamp_nan_e4m3_scales
@@ -52,6 +65,8 @@ class ModelOptSafetensorsSource(SafetensorsSource):
         clamp = nan_clamp_enabled()
         fixed: dict[str, int] = {}
         for name, tensor in iter_tensors(self.files):
+            if name.endswith(ATTENTION_SCALE_SUFFIXES):
+                continue
             if clamp and name.endswith(".weight_scale") and tensor.dtype == torch.float8_e4m3fn:
                 tensor, n = clamp_nan_e4m3_scales(tensor)
                 if n:
