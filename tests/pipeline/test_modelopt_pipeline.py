@@ -123,6 +123,9 @@ def test_online_quantization_flag_is_refused(modelopt_pipelines, demo_model_dir)
     # naming the method the checkpoint selects is accepted
     omni = Omni(pipe_dir, quantization="modelopt", device="cpu", progress=False)
     assert omni.plans["transformer"].method == "modelopt"
+    # an online method for another component is fine: that component is quantized online
+    omni = Omni(pipe_dir, quantization={"text_encoder": "int8"}, device="cpu", progress=False)
+    assert omni.plans["transformer"].method == "modelopt" and omni.plans["text_encoder"].method == "int8"
     # a ModelOpt method for a plain checkpoint is an error
     with pytest.raises(QuantizationError, match="needs a ModelOpt checkpoint"):
         Omni(demo_model_dir("flux"), quantization="modelopt_fp4", device="cpu", progress=False)
