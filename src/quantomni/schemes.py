@@ -43,3 +43,25 @@ class GgufScheme:
 
     def describe(self) -> str:
         return f"gguf {self.qtype_name}"
+class Nvfp4Scheme:
+    """NVFP4: E2M1 weights with E4M3 per-16 block scales and a float32 global scale.
+
+    weight_only: True for W4A16 (activations stay high precision); False for W4A4 (activations
+    quantized to NVFP4 under a static global input_scale).
+    """
+
+    weight_only: bool = False
+
+    def describe(self) -> str:
+        return "nvfp4 W:e2m1/16-block A:" + ("bf16 (W4A16)" if self.weight_only else "nvfp4 static (W4A4)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8SqScheme:
+    """INT8 SmoothQuant W8A8: per-channel weights, static per-tensor activations, activations
+    multiplied by pre_quant_scale first when ``smoothed``."""
+
+    smoothed: bool = True
+
+    def describe(self) -> str:
+        return "int8 W:per-channel A:static per-tensor" + (" smoothquant" if self.smoothed else "")

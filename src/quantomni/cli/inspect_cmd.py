@@ -19,7 +19,7 @@ def run(args) -> int:
 
     info = inspect_model(
         args.model, args.quantization, quantization_config_arg(args.quantization_config), args.linear_backend,
-        args.dtype, args.device, gguf_model=args.gguf_model,
+        args.dtype, args.device, gguf_model=args.gguf_model, force_cutlass_fp8=args.force_cutlass_fp8,
     )
     plans = info.pop("plans")
     if args.json:
@@ -35,13 +35,25 @@ def run(args) -> int:
         params = f", {entry['parameters']:,} params" if "parameters" in entry else ""
         print(f"  {name:16s} {entry['library']}.{entry['class']}{params}; quantization: {qtext}")
         ck = entry.get("checkpoint")
-        if ck is not None:
+        if ck is not None and "weight_qtypes" in ck:
             types = ", ".join(f"{q}: {n}" for q, n in ck["weight_qtypes"].items())
             print(f"    GGUF file {ck['path']} ({ck['file_bytes']:,} bytes): architecture {ck['architecture']} "
                   f"({ck['diffusers_class']}), {ck['naming']} naming, {ck['tensors']} tensors; 2-D weights: {types}")
+        if "detected" in entry:
+            from collections import Counter
+
+            d = entry["detected"]
+            producer = d["producer"] or {}
+            formats = Counter(d.get("layer_formats", {}).values())
+            print(f"  {'':16s} detected pre-quantized checkpoint: {d['method']} quant_algo={d['quant_algo']} "
+                  f"producer={producer.get('name', '?')} {producer.get('version', '')} ({d['source']}); "
+                  f"layer formats: {dict(formats)}")
     for name, plan in plans.items():
         print()
         print(plan.summary())
         if not args.summary_only:
             print(plan.table())
+            formats = info["components"].get(name, {}).get("detected", {}).get("layer_formats")
+            if formats:
+                print("stored formats: " + ", ".join(f"{layer}={fmt}" for layer, fmt in formats.items()))
     return 0

@@ -15,6 +15,7 @@ _COMMANDS = {
     "demo": ("quantomni.cli.demo", "BF16 vs FP8 vs INT8 on the built-in tiny model"),
     "compare": ("quantomni.cli.compare", "quality and speed of quantized candidates against a baseline"),
     "serve": ("quantomni.cli.serve", "OpenAI-compatible images server for a (quantized) model"),
+    "quantize": ("quantomni.cli.quantize", "write a ModelOpt-layout pre-quantized copy of a pipeline (FP8/NVFP4/mixed)"),
 }
 
 
@@ -27,7 +28,9 @@ def add_quantization_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gguf-model", default=None, metavar="PATH",
                         help="GGUF file that supplies the (already quantized) denoiser; the rest comes from the model dir")
     parser.add_argument("--linear-backend", default="auto",
-                        help="auto | torch | scaled_mm | int_mm | per format: fp8=scaled_mm,int8=int_mm")
+                        help="auto | a backend name | per format: fp8=fused_scaled_mm,int8=triton,nvfp4=torch")
+    parser.add_argument("--force-cutlass-fp8", action="store_true",
+                        help="run FP8 layers on the scaled_mm (cuBLASLt) backend; error below CUDA cc 8.9")
     parser.add_argument("--dtype", default="bfloat16", help="dtype of unquantized parts (bfloat16, float16, float32)")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
 

@@ -8,7 +8,6 @@ from quantomni.cli.main import add_quantization_arguments, quantization_config_a
 def add_arguments(p):
     p.add_argument("model", help="diffusers-format model directory")
     add_quantization_arguments(p)
-    p.add_argument("--gguf-model", default=None, help="GGUF file supplying the denoiser (rest from MODEL)")
     p.add_argument("--served-model-name", default=None, help="name clients pass as `model` (default: directory name)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8091)
@@ -47,7 +46,7 @@ def run(args) -> int:
     on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     omni = Omni(
         args.model, quantization=args.quantization, quantization_config=quantization_config_arg(args.quantization_config),
-        linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model,
+        linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model, force_cutlass_fp8=args.force_cutlass_fp8,
         model_id=args.served_model_name, cuda_graphs=on_cuda and not args.enforce_eager,
     )
     run_server(omni, settings)

@@ -77,6 +77,8 @@ _KERNELS: dict[str, list[str]] = {
         # slot 0: the fused Triton GEMM for Q8_0 (quantomni.kernels.triton.gguf_gemm), being written separately
         "quantomni.kernels.gguf_torch:TorchGgufKernel",
     ],
+    "nvfp4": ["quantomni.kernels.nvfp4_native:NativeFp4Kernel", "quantomni.kernels.nvfp4_torch:TorchNvfp4Kernel"],
+    "int8_sq": ["quantomni.kernels.int8_sq:IntMmInt8SqKernel", "quantomni.kernels.int8_sq:TorchInt8SqKernel"],
 }
 
 

@@ -12,6 +12,9 @@ _METHODS: dict[str, str] = {
     "fp8": "quantomni.methods.fp8:Fp8Config",
     "int8": "quantomni.methods.int8:Int8Config",
     "gguf": "quantomni.methods.gguf:GgufConfig",
+    "modelopt": "quantomni.methods.modelopt_fp8:ModelOptFp8Config",
+    "modelopt_fp4": "quantomni.methods.modelopt_nvfp4:ModelOptFp4Config",
+    "modelopt_mixed": "quantomni.methods.modelopt_mixed:ModelOptMixedConfig",
 }
 
 

@@ -17,18 +17,24 @@ from quantomni.pipeline.runtime import resolve_device, resolve_dtype
 
 
 def inspect_model(model, quantization=None, quantization_config=None, linear_backend="auto", dtype="bfloat16",
-                  device=None, gguf_model=None) -> dict[str, Any]:
+                  device=None, gguf_model=None, force_cutlass_fp8=False) -> dict[str, Any]:
     """Return components, detected/requested quantization and the per-layer plan (meta device only).
 
-    For a pre-quantized checkpoint (``gguf_model``) its header is read and checked against the model
-    (architecture, tensor names and shapes); no tensor data is read or dequantized.
+    Pre-quantized checkpoints (a ``gguf_model`` file, or ModelOpt components detected from their
+    config) are checked against the model (architecture, tensor names and shapes); no tensor data is
+    dequantized.
     """
+    from quantomni.pipeline.prequantized import describe_detected, force_scaled_mm_fp8, route_prequantized
+
     root = Path(model)
     cfg = resolve_quant_config(quantization, quantization_config, gguf_model)
     index = read_model_index(root)
+    cfg, detected = route_prequantized(root, index.components, cfg)
     resolved = cfg.resolve(list(index.components))
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     backends = BackendRequest.parse(linear_backend)
+    if force_cutlass_fp8:
+        backends = force_scaled_mm_fp8(backends, dev)
     adapter = adapter_for_class(index.pipeline_class, generic_ok=True)
     components = {}
     plans = {}
@@ -47,6 +53,8 @@ def inspect_model(model, quantization=None, quantization_config=None, linear_bac
             plans[name] = plan
             entry["quantization"] = plan.to_dict(with_layers=False)
             entry["parameters"] = sum(p.numel() for p in module.parameters())
+            if name in detected:
+                entry["detected"] = describe_detected(detected[name], plan)
         elif name in resolved and resolved[name] is not None:
             entry["quantization"] = {"method": resolved[name].method, "note": "planned at load (non-diffusers component)"}
         components[name] = entry
@@ -55,6 +63,7 @@ def inspect_model(model, quantization=None, quantization_config=None, linear_bac
         "pipeline": index.pipeline_class,
         "architecture": adapter.name,
         "requested_quantization": cfg.to_dict(),
+        "detected_quantization": {c: d.modelopt.to_dict() for c, d in detected.items()},
         "components": components,
         "plans": plans,
     }

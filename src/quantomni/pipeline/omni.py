@@ -74,6 +74,8 @@ class Omni:
         ("fp8=scaled_mm,int8=torch" or a dict). A backend that cannot run here is an error.
     dtype: compute dtype of unquantized parts; device: "cuda", "cpu" or None (= cuda if present).
     cuda_graphs: capture the denoiser step in CUDA graphs (one per shape); CUDA only.
+    Pre-quantized ModelOpt components are detected from their config and need no quantization flag;
+    force_cutlass_fp8: run their FP8 layers on the ``scaled_mm`` backend (error below CUDA cc 8.9).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Omni:
         model_id: str | None = None,
         gguf_model: str | Path | None = None,
         cuda_graphs: bool = False,
+        force_cutlass_fp8: bool = False,
     ):
         t0 = time.perf_counter()
         self.model_dir = Path(model)
@@ -95,12 +98,19 @@ class Omni:
         self.dtype = resolve_dtype(dtype)
         self.device = resolve_device(device)
         self.backends = BackendRequest.parse(linear_backend)
+        if force_cutlass_fp8:
+            from quantomni.pipeline.prequantized import force_scaled_mm_fp8
+
+            self.backends = force_scaled_mm_fp8(self.backends, self.device)
         self.progress = progress
         self.model_id = model_id or self.model_dir.name
         self._lock = threading.Lock()
 
         index = read_model_index(self.model_dir)
         self.pipeline_class_name = index.pipeline_class
+        from quantomni.pipeline.prequantized import route_prequantized
+
+        self.quant_config, self.detected_prequantized = route_prequantized(self.model_dir, index.components, self.quant_config)
         resolved = self.quant_config.resolve(list(index.components))
         denoiser = next((c for c in DENOISER_COMPONENTS if c in index.components), None)
         self.denoiser_component = denoiser
@@ -186,6 +196,10 @@ class Omni:
                 "layer_schemes": dict(Counter(r.scheme for r in plan.records if r.quantized)) if plan else {},
                 "weight_bytes": module_bytes(module),
             }
+            if name in self.detected_prequantized:
+                from quantomni.pipeline.prequantized import describe_detected
+
+                comps[name]["prequantized"] = describe_detected(self.detected_prequantized[name], plan, counts_only=True)
         return {
             "model": self.model_id,
             "path": str(self.model_dir),
