@@ -43,6 +43,9 @@ class GgufScheme:
 
     def describe(self) -> str:
         return f"gguf {self.qtype_name}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Nvfp4Scheme:
     """NVFP4: E2M1 weights with E4M3 per-16 block scales and a float32 global scale.
 

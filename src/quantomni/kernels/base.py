@@ -74,7 +74,7 @@ _KERNELS: dict[str, list[str]] = {
         "quantomni.kernels.int8_torch:TorchInt8Kernel",
     ],
     "gguf": [
-        # slot 0: the fused Triton GEMM for Q8_0 (quantomni.kernels.triton.gguf_gemm), being written separately
+        "quantomni.kernels.gguf_triton:TritonGgufQ8Kernel",
         "quantomni.kernels.gguf_torch:TorchGgufKernel",
     ],
     "nvfp4": ["quantomni.kernels.nvfp4_native:NativeFp4Kernel", "quantomni.kernels.nvfp4_torch:TorchNvfp4Kernel"],
