@@ -40,12 +40,12 @@ class TritonGgufQ8Kernel(LinearKernel):
 
     @staticmethod
     def apply(layer, x):
+        from quantomni.kernels.triton_backends import triton_call
+
         if x.shape[0] <= SMALL_M:
-            from quantomni.kernels.triton.torch_ops import register_ops
+            return triton_call("q8_0_mm", "gguf_gemm")(x, layer.weight, layer.bias, x.dtype)
+        from quantomni.kernels.triton.q8_0_dequant import q8_0_dequant_op, q8_0_dequantize
 
-            register_ops()
-            return torch.ops.quantomni_triton.q8_0_mm(x, layer.weight, layer.bias, x.dtype)
-        from quantomni.kernels.triton.q8_0_dequant import q8_0_dequant_op
-
-        weight = q8_0_dequant_op()(layer.weight, layer.in_features, x.dtype)
+        dequant = q8_0_dequant_op() if torch.compiler.is_compiling() else q8_0_dequantize
+        weight = dequant(layer.weight, layer.in_features, x.dtype)
         return F.linear(x, weight, layer.bias)

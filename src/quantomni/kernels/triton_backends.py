@@ -26,6 +26,17 @@ def _ops():
     return torch.ops.quantomni_triton
 
 
+def triton_call(name: str, module: str):
+    """The Triton kernel ``name``: through its custom op while torch.compile traces (no graph break),
+    directly otherwise (a custom op's Python dispatch costs tens of microseconds per call, which
+    adds up over hundreds of layers in eager mode)."""
+    if torch.compiler.is_compiling():
+        return getattr(_ops(), name)
+    import importlib
+
+    return getattr(importlib.import_module(f"quantomni.kernels.triton.{module}"), name)
+
+
 def _triton_supported(kernel: str, device) -> tuple[bool, str]:
     from quantomni.kernels.triton.support import is_supported
 
@@ -52,7 +63,7 @@ class FusedQuantScaledMmFp8Kernel(LinearKernel):
 
     @staticmethod
     def apply(layer, x):
-        x_q, x_scale = _ops().per_token_quant_fp8(x)
+        x_q, x_scale = triton_call("per_token_quant_fp8", "act_quant")(x)
         w_scale = layer.weight_scale
         n = layer.weight.shape[0]
         w_scale = w_scale.reshape(1, -1) if w_scale.dim() else w_scale.reshape(1, 1).expand(1, n).contiguous()
@@ -79,6 +90,5 @@ class TritonInt8Kernel(LinearKernel):
 
     @staticmethod
     def apply(layer, x):
-        ops = _ops()
-        x_q, x_scale = ops.per_token_quant_int8(x)
-        return ops.int8_scaled_mm(x_q, layer.weight, x_scale, layer.weight_scale, layer.bias, x.dtype)
+        x_q, x_scale = triton_call("per_token_quant_int8", "act_quant")(x)
+        return triton_call("int8_scaled_mm", "int8_gemm")(x_q, layer.weight, x_scale, layer.weight_scale, layer.bias, x.dtype)
