@@ -25,6 +25,12 @@ class TritonGgufQ8Kernel(LinearKernel):
         from quantomni.kernels.triton.support import is_supported
 
         ok, why = is_supported("q8_0_mm", device)
+        if ok:  # register custom ops outside any torch.compile trace
+            from quantomni.kernels.triton.q8_0_dequant import q8_0_dequant_op
+            from quantomni.kernels.triton.torch_ops import register_ops
+
+            register_ops()
+            q8_0_dequant_op()
         return ok, why or "Triton Q8_0"
 
     @classmethod

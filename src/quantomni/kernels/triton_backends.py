@@ -41,6 +41,12 @@ def _triton_supported(kernel: str, device) -> tuple[bool, str]:
     from quantomni.kernels.triton.support import is_supported
 
     ok, why = is_supported(kernel, device)
+    if ok:
+        # Register the custom ops now, at kernel selection: registering inside torch.compile's
+        # tracing is not allowed.
+        from quantomni.kernels.triton.torch_ops import register_ops
+
+        register_ops()
     return ok, (why or f"Triton {kernel}")
 
 
@@ -63,6 +69,10 @@ class FusedQuantScaledMmFp8Kernel(LinearKernel):
 
     @staticmethod
     def apply(layer, x):
+        if torch.compiler.is_compiling():
+            # Under torch.compile, Inductor fuses the (identical) torch quantization into the ops
+            # that produce x, which beats a separate kernel: measured 1.20x vs 1.04x BF16 (H100).
+            return ScaledMmFp8Kernel.apply(layer, x)
         x_q, x_scale = triton_call("per_token_quant_fp8", "act_quant")(x)
         w_scale = layer.weight_scale
         n = layer.weight.shape[0]
@@ -90,5 +100,10 @@ class TritonInt8Kernel(LinearKernel):
 
     @staticmethod
     def apply(layer, x):
-        x_q, x_scale = triton_call("per_token_quant_int8", "act_quant")(x)
+        if torch.compiler.is_compiling():
+            from quantomni.kernels.quant_ops import quantize_act_int8
+
+            x_q, x_scale = quantize_act_int8(x)  # fused by Inductor into x's producers
+        else:
+            x_q, x_scale = triton_call("per_token_quant_int8", "act_quant")(x)
         return triton_call("int8_scaled_mm", "int8_gemm")(x_q, layer.weight, x_scale, layer.weight_scale, layer.bias, x.dtype)
