@@ -13,7 +13,8 @@ def render(path: str) -> str:
            "|---|---|---|---|---|---|---|"]
     for r in d["rows"]:
         if "ms_median" not in r:
-            out.append(f"| {r['variant']} | {r['mode']} | error: {r.get('error', '')[:80]} | | | | |")
+            err = " ".join(r.get("error", "").split())[:80]
+            out.append(f"| {r['variant']} | {r['mode']} | error: {err} | | | | |")
             continue
         out.append(f"| {r['variant']} | {r['mode']} | {r['ms_median']:.2f} | {r.get('speedup_vs_bf16_same_mode', float('nan')):.2f}x | "
                    f"{r.get('rel_err_vs_bf16', float('nan')):.4f} | {r.get('quantized_layers', 0)} | "
