@@ -77,7 +77,11 @@ _KERNELS: dict[str, list[str]] = {
         "quantomni.kernels.gguf_triton:TritonGgufQ8Kernel",
         "quantomni.kernels.gguf_torch:TorchGgufKernel",
     ],
-    "nvfp4": ["quantomni.kernels.nvfp4_native:NativeFp4Kernel", "quantomni.kernels.nvfp4_torch:TorchNvfp4Kernel"],
+    "nvfp4": [
+        "quantomni.kernels.nvfp4_native:NativeFp4Kernel",
+        "quantomni.kernels.nvfp4_triton:TritonNvfp4Kernel",
+        "quantomni.kernels.nvfp4_torch:TorchNvfp4Kernel",
+    ],
     "int8_sq": ["quantomni.kernels.int8_sq:IntMmInt8SqKernel", "quantomni.kernels.int8_sq:TorchInt8SqKernel"],
 }
 
