@@ -14,77 +14,79 @@ dequantizer (one rounding, 2**-9 relative).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 
-@functools.cache
-def _kernels():
-    import triton
-    import triton.language as tl
+import triton
+import triton.language as tl
 
-    @triton.jit
-    def _decode(p, s):
-        """p: uint8 [BN, BK/2] packed codes; s: uint8 [BN, BK/16] E4M3 scale bytes -> f32 [BN, BK]."""
-        lo = p & 0xF
-        hi = p >> 4
-        codes = tl.reshape(tl.join(lo, hi), (p.shape[0], p.shape[1] * 2))  # low nibble = even column
-        mag = codes & 7
-        e = mag >> 1
-        m = (mag & 1).to(tl.float32)
-        val = tl.where(e == 0, m * 0.5, (1.0 + 0.5 * m) * tl.exp2((e - 1).to(tl.float32)))
-        val = tl.where((codes & 8) != 0, -val, val)
-        scale = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-        bn = p.shape[0]
-        nblk = s.shape[1]
-        val = tl.reshape(val, (bn, nblk, 16)) * tl.reshape(scale, (bn, nblk, 1))
-        return tl.reshape(val, (bn, nblk * 16))
+# Imported only when the Triton NVFP4 backend runs (kernels/nvfp4_triton.py imports this lazily).
 
-    @triton.jit
-    def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, M, N, K, stride_xm, stride_wn, stride_sn,
-                    stride_om, K_PER_SPLIT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    ATOMIC: tl.constexpr):
-        pid_n = tl.program_id(0)
-        pid_k = tl.program_id(1)
-        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rm = tl.arange(0, BLOCK_M)
-        nmask = rn < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        k_start = pid_k * K_PER_SPLIT
-        for kk in range(0, K_PER_SPLIT, BLOCK_K):
-            k0 = k_start + kk
-            rk = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-            rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=nmask[:, None] & (rb[None, :] < K // 2), other=0)
-            rs = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-            s = tl.load(s_ptr + rn[:, None] * stride_sn + rs[None, :], mask=nmask[:, None] & (rs[None, :] < K // 16), other=0)
-            w = _decode(p, s).to(tl.bfloat16)
-            acc += tl.dot(x.to(tl.bfloat16), tl.trans(w))
-        acc = acc * tl.load(gscale_ptr)
-        omask = (rm[:, None] < M) & nmask[None, :]
-        optrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
-        if ATOMIC:
-            tl.atomic_add(optrs, acc, mask=omask)
-        else:
-            tl.store(optrs, acc, mask=omask)
 
-    @triton.jit
-    def dequant_kernel(w_ptr, s_ptr, out_ptr, gscale_ptr, N, K, stride_wn, stride_sn, stride_on,
-                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-        k0 = tl.program_id(1) * BLOCK_K
-        nmask = rn < N
-        rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-        rs = k0 // 16 + tl.arange(0, BLOCK_K // 16)
-        p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=nmask[:, None] & (rb[None, :] < K // 2), other=0)
-        s = tl.load(s_ptr + rn[:, None] * stride_sn + rs[None, :], mask=nmask[:, None] & (rs[None, :] < K // 16), other=0)
-        w = _decode(p, s) * tl.load(gscale_ptr)
+@triton.jit
+def _decode(p, s, BN: tl.constexpr, BK: tl.constexpr):
+    """p: uint8 [BN, BK/2] packed codes; s: uint8 [BN, BK/16] E4M3 scale bytes -> f32 [BN, BK]."""
+    lo = p & 0xF
+    hi = p >> 4
+    codes = tl.reshape(tl.join(lo, hi), (BN, BK))  # join puts lo first: low nibble = even column
+    mag = codes & 7
+    e = mag >> 1
+    m = (mag & 1).to(tl.float32)
+    val = tl.where(e == 0, m * 0.5, (1.0 + 0.5 * m) * tl.exp2((e - 1).to(tl.float32)))
+    val = tl.where((codes & 8) != 0, -val, val)
+    scale = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    val = tl.reshape(val, (BN, BK // 16, 16)) * tl.reshape(scale, (BN, BK // 16, 1))
+    return tl.reshape(val, (BN, BK))
+
+@triton.jit
+def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, M, N, K, stride_xm, stride_wn, stride_sn,
+                stride_om, K_PER_SPLIT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                ATOMIC: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    nmask = rn < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k_start = pid_k * K_PER_SPLIT
+    for kk in range(0, K_PER_SPLIT, BLOCK_K):
+        k0 = k_start + kk
         rk = k0 + tl.arange(0, BLOCK_K)
-        tl.store(out_ptr + rn[:, None] * stride_on + rk[None, :], w.to(out_ptr.dtype.element_ty),
-                 mask=nmask[:, None] & (rk[None, :] < K))
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+        rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=nmask[:, None] & (rb[None, :] < K // 2), other=0)
+        rs = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+        s = tl.load(s_ptr + rn[:, None] * stride_sn + rs[None, :], mask=nmask[:, None] & (rs[None, :] < K // 16), other=0)
+        w = _decode(p, s, BLOCK_N, BLOCK_K).to(tl.bfloat16)
+        acc += tl.dot(x.to(tl.bfloat16), tl.trans(w))
+    acc = acc * tl.load(gscale_ptr)
+    omask = (rm[:, None] < M) & nmask[None, :]
+    optrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
+    if ATOMIC:
+        tl.atomic_add(optrs, acc, mask=omask)
+    else:
+        tl.store(optrs, acc, mask=omask)
 
+@triton.jit
+def dequant_kernel(w_ptr, s_ptr, out_ptr, gscale_ptr, N, K, stride_wn, stride_sn, stride_on,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k0 = tl.program_id(1) * BLOCK_K
+    nmask = rn < N
+    rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    rs = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=nmask[:, None] & (rb[None, :] < K // 2), other=0)
+    s = tl.load(s_ptr + rn[:, None] * stride_sn + rs[None, :], mask=nmask[:, None] & (rs[None, :] < K // 16), other=0)
+    w = _decode(p, s, BLOCK_N, BLOCK_K) * tl.load(gscale_ptr)
+    rk = k0 + tl.arange(0, BLOCK_K)
+    tl.store(out_ptr + rn[:, None] * stride_on + rk[None, :], w.to(out_ptr.dtype.element_ty),
+             mask=nmask[:, None] & (rk[None, :] < K))
+
+
+
+
+
+def _kernels():
     return triton, gemv_kernel, dequant_kernel
 
 
