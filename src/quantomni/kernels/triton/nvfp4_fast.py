@@ -25,23 +25,28 @@ import triton.language as tl
 
 @triton.jit
 def _decode(p, s, BN: tl.constexpr, BK: tl.constexpr):
-    """p: uint8 [BN, BK/2] packed codes; s: uint8 [BN, BK/16] E4M3 scale bytes -> f32 [BN, BK]."""
+    """p: uint8 [BN, BK/2] packed codes; s: uint8 [BN, BK/16] E4M3 scale bytes -> bf16 [BN, BK].
+
+    E2M1 -> bf16 by bit arithmetic: sign to bit 15; exponent e>0 -> field e+126, mantissa bit -> bit 6;
+    e == 0 is 0 or 0.5 (0x3F00). value x block scale has <= 6 significant bits: exact in bf16.
+    """
     lo = p & 0xF
     hi = p >> 4
-    codes = tl.reshape(tl.join(lo, hi), (BN, BK))  # join puts lo first: low nibble = even column
-    mag = codes & 7
-    e = mag >> 1
-    m = (mag & 1).to(tl.float32)
-    val = tl.where(e == 0, m * 0.5, (1.0 + 0.5 * m) * tl.exp2((e - 1).to(tl.float32)))
-    val = tl.where((codes & 8) != 0, -val, val)
-    scale = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+    c = tl.reshape(tl.join(lo, hi), (BN, BK)).to(tl.int32)  # join puts lo first: low nibble = even column
+    sign = (c & 8) << 12
+    e = (c >> 1) & 3
+    m = c & 1
+    bits = tl.where(e == 0, sign | (m * 0x3F00), sign | ((e + 126) << 7) | (m << 6))
+    val = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
+    scale = s.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
     val = tl.reshape(val, (BN, BK // 16, 16)) * tl.reshape(scale, (BN, BK // 16, 1))
     return tl.reshape(val, (BN, BK))
 
+
 @triton.jit
-def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, M, N, K, stride_xm, stride_wn, stride_sn,
+def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, bias_ptr, M, N, K, stride_xm, stride_wn, stride_sn,
                 stride_om, K_PER_SPLIT, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                ATOMIC: tl.constexpr):
+                ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -49,7 +54,7 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, M, N, K, stride_xm, st
     nmask = rn < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
-    for kk in range(0, K_PER_SPLIT, BLOCK_K):
+    for kk in tl.range(0, K_PER_SPLIT, BLOCK_K, num_stages=3):
         k0 = k_start + kk
         rk = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
@@ -57,7 +62,7 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, M, N, K, stride_xm, st
         p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=nmask[:, None] & (rb[None, :] < K // 2), other=0)
         rs = k0 // 16 + tl.arange(0, BLOCK_K // 16)
         s = tl.load(s_ptr + rn[:, None] * stride_sn + rs[None, :], mask=nmask[:, None] & (rs[None, :] < K // 16), other=0)
-        w = _decode(p, s, BLOCK_N, BLOCK_K).to(tl.bfloat16)
+        w = _decode(p, s, BLOCK_N, BLOCK_K)
         acc += tl.dot(x.to(tl.bfloat16), tl.trans(w))
     acc = acc * tl.load(gscale_ptr)
     omask = (rm[:, None] < M) & nmask[None, :]
@@ -65,7 +70,9 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, M, N, K, stride_xm, st
     if ATOMIC:
         tl.atomic_add(optrs, acc, mask=omask)
     else:
-        tl.store(optrs, acc, mask=omask)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
 @triton.jit
 def dequant_kernel(w_ptr, s_ptr, out_ptr, gscale_ptr, N, K, stride_wn, stride_sn, stride_on,
@@ -120,10 +127,16 @@ def nvfp4_gemv(x, weight, weight_scale, weight_scale_2, bias=None):
     split = 1
     while n_tiles * split < 528 and k % (block_k * split * 2) == 0:
         split *= 2
-    out = torch.zeros(m, n, device=x.device, dtype=torch.float32)
-    gemv[(n_tiles, split)](x, weight, s8, out, gscale, m, n, k, x.stride(0), weight.stride(0), s8.stride(0),
-                           out.stride(0), k // split, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
-                           ATOMIC=split > 1, num_warps=4)
+    if split == 1:  # one pass: bias and the output cast happen in the kernel's epilogue
+        out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    else:  # split-K partial sums meet in an fp32 buffer
+        out = torch.zeros(m, n, device=x.device, dtype=torch.float32)
+    has_bias = bias is not None and split == 1
+    gemv[(n_tiles, split)](x, weight, s8, out, gscale, bias if has_bias else gscale, m, n, k, x.stride(0),
+                           weight.stride(0), s8.stride(0), out.stride(0), k // split, BLOCK_M=16, BLOCK_N=block_n,
+                           BLOCK_K=block_k, ATOMIC=split > 1, HAS_BIAS=has_bias, num_warps=4)
+    if split == 1:
+        return out
     if bias is not None:
         out += bias.float()
     return out.to(x.dtype)
