@@ -15,6 +15,7 @@ _COMMANDS = {
     "demo": ("quantomni.cli.demo", "BF16 vs FP8 vs INT8 on the built-in tiny model"),
     "compare": ("quantomni.cli.compare", "quality and speed of quantized candidates against a baseline"),
     "serve": ("quantomni.cli.serve", "OpenAI-compatible images server for a (quantized) model"),
+    "chat": ("quantomni.cli.chat", "text chat with a multi-stage omni model's thinker (e.g. Qwen3-Omni)"),
 }
 
 
