@@ -148,9 +148,9 @@ class TextGenerator:
                 text = text[:cut]
                 finish = "stop"
                 break
-            safe = len(text) - hold
-            if text.endswith("\ufffd"):  # an incomplete multi-byte character
-                safe = min(safe, len(text) - 1)
+            # trailing U+FFFD may be an incomplete multi-byte character that later tokens complete
+            unresolved = len(text) - len(text.rstrip("\ufffd"))
+            safe = len(text) - unresolved - hold
             if safe > emitted:
                 yield text[emitted:safe], None
                 emitted = safe

@@ -171,6 +171,11 @@ def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> Fa
             raise _model_not_found(model, engine.model_id)
         return model_card(engine, description, created)
 
+    if hasattr(engine, "chat_stream"):  # text engines (multi-stage omni models)
+        from .chat_routes import add_chat_routes
+
+        add_chat_routes(app, engine)
+
     @app.post("/v1/images/generations")
     async def generate_images(request: Request) -> Response:
         started = time.perf_counter()
