@@ -142,20 +142,32 @@ class OmniMultiStage:
         if cfg.prequantized:
             raise ValueError(f"quantization.{stage}: {cfg.method} is a pre-quantized format; it comes from the checkpoint")
         # Dry plan first: an explicit option must not push quantization into the thinker's encoders.
-        dry = plan_component(module, stage, cfg, ADAPTER, self.device, self.dtype, self.backends)
+        try:
+            dry = plan_component(module, stage, cfg, ADAPTER, self.device, self.dtype, self.backends)
+        except QuantizationError:
+            if self._expert_format(stage, cfg) == "none" or not list(fused_experts(module)):
+                raise
+            dry = None  # experts-only quantization: every Linear is ignored/sensitive
         encoders = compile_patterns(THINKER_ENCODERS)
-        wrong = [n for n in dry.assignments if first_match(encoders, n)]
+        wrong = [n for n in (dry.assignments if dry else ()) if first_match(encoders, n)]
         if wrong:
             raise QuantizationError(
                 f"quantization.{stage}: would quantize {len(wrong)} layer(s) of the thinker's audio/vision "
                 f"encoders (e.g. {wrong[0]!r}); they stay {self.dtype}. Keep skip_sensitive_layers=true or list "
                 f"them in ignored_layers"
             )
-        plan = quantize_module_in_place(module, stage, cfg, ADAPTER, self.device, self.dtype, self.backends)
+        if dry is None:
+            kept = plan_component(module, stage, None, ADAPTER, self.device, self.dtype, self.backends).records
+            records = [dataclasses.replace(r, reason="kept: ignored_layers / sensitive (experts-only)") for r in kept]
+            plan = ComponentPlan(stage, type(module).__name__, ADAPTER.name, cfg.method, cfg.scheme_name(), records)
+        else:
+            plan = quantize_module_in_place(module, stage, cfg, ADAPTER, self.device, self.dtype, self.backends)
         self._quantize_experts(module, stage, cfg, plan)
+        if plan.quantized_count == 0:
+            raise QuantizationError(f"quantization.{stage}: {cfg.method} was requested but nothing was quantized")
         return plan
 
-    def _quantize_experts(self, module: nn.Module, stage: str, cfg: QuantMethodConfig, plan: ComponentPlan) -> None:
+    def _expert_format(self, stage: str, cfg: QuantMethodConfig) -> str:
         fmt = self.experts_format
         if fmt == "auto":
             fmt = _EXPERT_FORMAT_BY_METHOD.get(cfg.method)
@@ -164,6 +176,10 @@ class OmniMultiStage:
                     f"quantization.{stage}: method {cfg.method!r} has no expert format; pass experts_format "
                     f"(one of {list(EXPERT_CHOICES[1:])})"
                 )
+        return fmt
+
+    def _quantize_experts(self, module: nn.Module, stage: str, cfg: QuantMethodConfig, plan: ComponentPlan) -> None:
+        fmt = self._expert_format(stage, cfg)
         ignored = compile_patterns(cfg.ignored_layers)
         for name, experts in list(fused_experts(module)):
             hit = first_match(ignored, name) or first_match(compile_patterns(THINKER_ENCODERS), name)

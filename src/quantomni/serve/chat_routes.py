@@ -14,6 +14,8 @@ import threading
 import time
 from typing import Any, Literal
 
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .schemas import APIError, reshape_validation_errors
@@ -68,9 +70,6 @@ def _params(body: ChatCompletionRequest, default_max_tokens: int):
 
 
 def add_chat_routes(app, engine, default_max_tokens: int = 256) -> None:
-    from fastapi import Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = _parse(await request.body())

@@ -1,0 +1,74 @@
+"""POST /v1/chat/completions on a real uvicorn server in front of the FP8 tiny Qwen3-Omni."""
+
+import json
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def chat_server(omni_engine):
+    from quantomni.serve.server import start_background_server
+    from quantomni.serve.settings import ServeSettings
+
+    omni = omni_engine("fp8")
+    with start_background_server(omni, ServeSettings(port=0)) as handle:
+        yield handle, omni
+
+
+def test_openai_client_chat_completion(chat_server):
+    handle, omni = chat_server
+    client = openai.OpenAI(base_url=handle.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    msgs = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    res = client.chat.completions.create(model=omni.model_id, messages=msgs, max_tokens=6, temperature=0)
+    direct = omni.chat(msgs, max_tokens=6, temperature=0)
+    assert res.choices[0].message.role == "assistant"
+    assert res.choices[0].message.content == direct.text
+    assert res.choices[0].finish_reason == direct.finish_reason
+    assert res.usage.completion_tokens == direct.completion_tokens
+    assert res.usage.prompt_tokens == len(omni.encode_messages(msgs))
+    seeded = [client.chat.completions.create(model=omni.model_id, messages=msgs, max_tokens=6, temperature=1.0,
+                                             seed=5, top_p=0.9).choices[0].message.content for _ in range(2)]
+    assert seeded[0] == seeded[1]
+    meta = str(client.models.list().model_dump())
+    assert "thinker" in meta and "fp8" in meta
+
+
+def test_openai_client_streaming(chat_server):
+    handle, omni = chat_server
+    client = openai.OpenAI(base_url=handle.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    msgs = [{"role": "user", "content": "stream please"}]
+    stream = client.chat.completions.create(model=omni.model_id, messages=msgs, max_tokens=8, temperature=0,
+                                            stream=True)
+    pieces, finish = [], None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+    direct = omni.chat(msgs, max_tokens=8, temperature=0)
+    assert "".join(pieces) == direct.text and finish == direct.finish_reason
+
+
+@pytest.mark.parametrize("body, status, needle", [
+    ({"messages": []}, 422, "messages"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 422, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": 3}, 422, "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 422, "n"),
+    ({"messages": [{"role": "user", "content": "x"}], "model": "other"}, 404, "other"),
+    ({"messages": [{"role": "tool", "content": "x"}]}, 422, "role"),
+])
+def test_bad_chat_requests_get_openai_errors(chat_server, body, status, needle):
+    handle, _ = chat_server
+    r = httpx.post(handle.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == status, r.text  # 422: invalid field value, as the images route answers
+    err = r.json()["error"]
+    assert needle in json.dumps(err)
+
+
+def test_image_route_refuses_text_model(chat_server):
+    handle, _ = chat_server
+    r = httpx.post(handle.url + "/v1/images/generations", json={"prompt": "a cat", "size": "64x64"}, timeout=30)
+    assert r.status_code >= 400
