@@ -241,7 +241,7 @@ class OmniMultiStage:
     def describe(self) -> dict[str, Any]:
         pre = None
         if self.prequantized is not None:
-            pre = {"stage": "thinker", "source": self.prequantized[1], **self.prequantized[0].to_dict()}
+            pre = {**self.prequantized[0].to_dict(), "stage": "thinker", "source": self.prequantized[1]}
         return {
             "model": self.model_id,
             "path": str(self.model_dir),
