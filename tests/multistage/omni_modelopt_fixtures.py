@@ -10,7 +10,9 @@ placement: "export" keeps what ModelOpt writes (root ``quantization_config`` + `
 "text_config" moves the config to ``thinker_config.text_config.quantization_config`` (as published
 Qwen3-Omni ModelOpt checkpoints carry it) and drops the sidecar.
 ``<out_dir>_reference_io.safetensors`` (beside the directory): ``input_ids``, ``logits_bf16`` (before quantization) and
-``logits_fake_quant`` (ModelOpt's own fake-quantized thinker), float32.
+``logits_fake_quant`` (ModelOpt's own fake-quantized thinker), float32; ``fq_q_proj``,
+``fq_gate_up_3``, ``fq_down_5``: ModelOpt's fake-quantized weights of layer 0's q_proj and
+experts 3 (gate_up) / 5 (down), float32.
 The root model has no ``forward``; the export's dummy forward is given one that runs the thinker.
 """
 
@@ -73,8 +75,19 @@ def make_omni_modelopt_export(kind: str, out_dir, placement: str = "export") -> 
             m.thinker.model.language_model(input_ids=tok(p, return_tensors="pt")["input_ids"])
 
     mtq.quantize(model, _cfg(mtq, kind), calibrate)
-    fake = thinker_logits(model, ids)
     model.forward = lambda input_ids=None, **kw: model.thinker(input_ids=input_ids)
+    # The export unifies the scales of layers that share an input (q/k/v, gate/up) before writing;
+    # doing the same first makes the fake-quant references correspond to the exported tensors.
+    from modelopt.torch.export.unified_export_hf import requantize_resmooth_fused_llm_layers
+
+    requantize_resmooth_fused_llm_layers(model)
+    fake = thinker_logits(model, ids)
+    with torch.no_grad():  # ModelOpt's own fake-quantized weights of a dense layer and two experts
+        layer0 = model.thinker.model.language_model.layers[0]
+        ex = layer0.mlp.experts
+        fq = {"fq_q_proj": layer0.self_attn.q_proj.weight_quantizer(layer0.self_attn.q_proj.weight),
+              "fq_gate_up_3": ex.gate_up_proj_weight_quantizers[3](ex.gate_up_proj[3]),
+              "fq_down_5": ex.down_proj_weight_quantizers[5](ex.down_proj[5])}
     export_hf_checkpoint(model, export_dir=str(out))
     tok.save_pretrained(str(out))
     if placement == "text_config":
@@ -85,7 +98,8 @@ def make_omni_modelopt_export(kind: str, out_dir, placement: str = "export") -> 
         (out / "hf_quant_config.json").unlink()
     elif placement != "export":
         raise ValueError(f"placement {placement!r}: allowed export, text_config")
-    save_file({"input_ids": ids, "logits_bf16": ref.contiguous(), "logits_fake_quant": fake.contiguous()},
+    fq = {k: v.float().contiguous() for k, v in fq.items()}
+    save_file({"input_ids": ids, "logits_bf16": ref.contiguous(), "logits_fake_quant": fake.contiguous(), **fq},
               str(reference_path(out)))
     return out
 

@@ -59,7 +59,7 @@ def inspect_multistage(model, quantization=None, quantization_config=None, linea
             entry["quantization"]["experts"] = {n: f"{fmt} x{e.gate_up_proj.shape[0]}" for n, e in fused_experts(mod)}
         elif spec.name == "thinker" and pre is not None:
             mo, where = pre
-            entry["quantization"] = {"prequantized": "modelopt", "source": where, **mo.to_dict()}
+            entry["quantization"] = {**mo.to_dict(), "prequantized": "modelopt", "source": where}
         out_stages[spec.name] = entry
     return {"model": str(root), "pipeline": type(meta).__name__, "architecture": ADAPTER.name,
             "stages": stages, "requested_quantization": qcfg.to_dict(), "components": out_stages, "plans": plans}
