@@ -154,3 +154,18 @@ def test_grouped_gpu_matches_reference(experts, fmt):
     ref = QuantMoEExperts.from_module(ex, fmt, ACT[fmt], "torch").to(dev)(x, idx, w)
     out = QuantMoEExperts.from_module(ex, fmt, ACT[fmt], "grouped").to(dev)(x, idx, w)
     assert rel(out, ref) < 0.02
+
+
+def test_grouped_mm_layout_matches_padded_bmm():
+    """torch._grouped_mm (CPU fallback in recent torch) gets the same operands as on CUDA."""
+    from quantomni.kernels.moe_torch import _group_matmul
+
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("this torch has no torch._grouped_mm")
+    rows = torch.randn(11, 64, dtype=torch.bfloat16)
+    counts = torch.tensor([3, 1, 7])
+    w = torch.randn(3, 32, 64, dtype=torch.bfloat16)
+    ref = torch.cat([rows[:3] @ w[0].t(), rows[3:4] @ w[1].t(), rows[4:] @ w[2].t()]).float()
+    for grouped in (False, True):
+        out = _group_matmul(rows, counts, w, grouped).float()
+        assert float((out - ref).norm() / ref.norm()) < 1e-2

@@ -93,6 +93,7 @@ class TextGenerator:
         self.tokenizer = tokenizer
         self.eos_ids = {int(i) for i in eos_ids if i is not None}
         self.device = device
+        self.cache_kwarg = cache_kwarg(language_model)
 
     @torch.inference_mode()
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ class TextGenerator:
         cache = DynamicCache(config=self.lm.config)
         ids = torch.tensor([prompt_ids], dtype=torch.long, device=self.device)
         for _ in range(params.max_tokens):
-            out = self.lm(input_ids=ids, cache=cache, use_cache=True)
+            out = self.lm(input_ids=ids, use_cache=True, **{self.cache_kwarg: cache})
             logits = self.lm_head(out.last_hidden_state[:, -1])[0]
             tok = sample_next(logits, params, gen)
             yield tok
@@ -161,6 +162,14 @@ class TextGenerator:
         if len(tokens) > 1 and first_token_s is not None:
             timings["decode_tokens_per_s"] = (len(tokens) - 1) / max(total - first_token_s, 1e-9)
         yield "", TextResult(text, tokens, finish, len(prompt_ids), timings)
+
+
+def cache_kwarg(module) -> str:
+    """transformers >= 5.24 names the KV cache argument ``cache`` (``past_key_values`` before)."""
+    import inspect
+
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
