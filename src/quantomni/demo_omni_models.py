@@ -61,16 +61,18 @@ def qwen3_omni_config(tok, *, hidden: int = 32, layers: int = 2, experts: int = 
                   video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
                   audio_start_token_id=ids["<|audio_start|>"])
     thinker = dict(text_config=text, audio_config=audio, vision_config=vision, **mm_ids)
-    talker_text = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+    # transformers suppresses the talker's last 1024 ids (its specials) while generating: the vocab
+    # is codebook (64) + 1024, and the codec control ids sit in that top range.
+    talker_text = dict(vocab_size=64 + 1024, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                        num_key_value_heads=1, head_dim=8, moe_intermediate_size=16, num_experts=4,
                        num_experts_per_tok=2, shared_expert_intermediate_size=16, rope_parameters=rope)
     predictor = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                      num_key_value_heads=1, head_dim=8, num_code_groups=4)
     # spatial_merge_size is read by the talker but not declared by its config class (transformers 5.24)
     talker = dict(text_config=talker_text, code_predictor_config=predictor, num_code_groups=4,
-                  thinker_hidden_size=hidden, accept_hidden_layer=layers - 1, codec_eos_token_id=60,
-                  codec_nothink_id=61, codec_think_bos_id=62, codec_think_eos_id=63, codec_pad_id=58,
-                  codec_bos_id=59, speaker_id={"ethan": 50}, spatial_merge_size=2, **mm_ids)
+                  thinker_hidden_size=hidden, accept_hidden_layer=layers - 1, codec_eos_token_id=1082,
+                  codec_nothink_id=1083, codec_think_bos_id=1084, codec_think_eos_id=1085, codec_pad_id=1080,
+                  codec_bos_id=1081, speaker_id={"ethan": 1086}, spatial_merge_size=2, **mm_ids)
     code2wav = dict(codebook_size=64, hidden_size=16, num_attention_heads=2, num_key_value_heads=2,
                     intermediate_size=32, num_hidden_layers=1, num_quantizers=4, upsample_rates=[2, 2],
                     upsampling_ratios=[2], decoder_dim=16, sliding_window=8, max_position_embeddings=256)
@@ -78,7 +80,9 @@ def qwen3_omni_config(tok, *, hidden: int = 32, layers: int = 2, experts: int = 
         thinker_config=thinker, talker_config=talker, code2wav_config=code2wav, enable_audio_output=audio_output,
         im_start_token_id=ids["<|im_start|>"], im_end_token_id=ids["<|im_end|>"],
         tts_pad_token_id=ids["<tts_pad>"], tts_bos_token_id=ids["<tts_bos>"], tts_eos_token_id=ids["<tts_eos>"],
-        system_token_id=ord("s"), user_token_id=ord("u"), assistant_token_id=ord("a"),
+        # real Qwen vocabularies have one token per role word; here the role's first byte follows <|im_start|>
+        system_token_id=tok.convert_tokens_to_ids("s"), user_token_id=tok.convert_tokens_to_ids("u"),
+        assistant_token_id=tok.convert_tokens_to_ids("a"),
     )
 
 

@@ -121,3 +121,14 @@ def test_inspect_cli_lists_stages(omni_dir, capsys):
     assert main(["inspect", str(omni_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["stages"] == ["thinker", "talker", "code2wav"]
+
+
+def test_speech_through_talker_and_code2wav_with_fp8_thinker(omni_engine):
+    omni = omni_engine("fp8")
+    out = omni.speak([{"role": "user", "content": "say hi"}], max_tokens=4, talker_max_tokens=6, seed=0)
+    wav = out["waveform"]
+    assert wav.dim() == 1 and wav.numel() > 0 and torch.isfinite(wav).all() and wav.abs().max() > 0
+    greedy = omni.chat([{"role": "user", "content": "say hi"}], max_tokens=4, temperature=0)
+    assert out["token_ids"] == greedy.token_ids  # the thinker part is the same greedy text
+    with pytest.raises(ValueError, match="speaker"):
+        omni.speak("x", speaker="nobody")

@@ -302,6 +302,32 @@ class OmniMultiStage:
         with self._lock:
             yield from self.text.stream(ids, params)
 
+    def speak(self, messages, max_tokens: int = 32, talker_max_tokens: int = 64, speaker: str | None = None,
+              seed: int | None = None) -> dict[str, Any]:
+        """Text + speech through thinker -> talker -> code2wav with transformers' own ``generate``
+        (greedy thinker, sampled talker). Returns {"text", "token_ids", "waveform" float32 [S]}.
+        ``seed`` seeds torch's global RNG (the talker samples through it) while the lock is held."""
+        if getattr(self.model, "talker", None) is None:
+            raise ValueError(f"{self.model_id}: this checkpoint has no talker/code2wav (enable_audio_output is false)")
+        SamplingParams(max_tokens=max_tokens)  # validates max_tokens
+        SamplingParams(max_tokens=talker_max_tokens)
+        speakers = dict(self.model.config.talker_config.speaker_id or {})
+        speaker = (speaker or next(iter(speakers), "")).lower()
+        if speaker not in speakers:
+            raise ValueError(f"speaker: {speaker!r} is not one of this model's speakers {sorted(speakers)}")
+        ids = self.encode_messages(messages)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with self._lock, torch.inference_mode():
+            if seed is not None:
+                torch.manual_seed(seed)
+            sequences, wav = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), return_audio=True, speaker=speaker,
+                thinker_max_new_tokens=max_tokens, talker_max_new_tokens=talker_max_tokens, thinker_do_sample=False,
+                thinker_eos_token_id=sorted(self.text.eos_ids))
+        new = [int(t) for t in sequences[0, len(ids):] if int(t) not in self.text.eos_ids]
+        return {"text": self.tokenizer.decode(new, skip_special_tokens=True), "token_ids": new,
+                "waveform": wav.reshape(-1).float().cpu()}
+
     def thinker_logits(self, prompt: str) -> torch.Tensor:
         """Logits of the thinker over a plain-text prompt: float [T, V] (for accuracy checks)."""
         ids = torch.tensor([self.encode_text(prompt)], dtype=torch.long)
