@@ -95,7 +95,7 @@ class Nvfp4W4A16Linear(nn.Module):
 def quantize_stack(model, mode: str, device, moe_backend: str) -> dict:
     """In place; returns what was done. Attention linears + experts; router/norms/head stay BF16."""
     from quantomni.layers.moe import QuantMoEExperts
-    from quantomni.multistage.engine import fused_experts
+    from quantomni.multistage.moe_quant import fused_experts
 
     if mode == "bf16":
         return {"linears": 0, "experts": 0}

@@ -8,7 +8,6 @@ router stays BF16 and the fused experts become ``QuantMoEExperts``.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import logging
 import threading
@@ -20,40 +19,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantomni.config.base import QuantMethodConfig
-from quantomni.config.patterns import compile_patterns, first_match
 from quantomni.errors import QuantizationError
 from quantomni.layers.linear import QuantLinear
 from quantomni.layers.moe import QuantMoEExperts
 from quantomni.models.qwen3_omni import ADAPTER, STAGES, THINKER_ENCODERS
+from quantomni.multistage.moe_quant import (EXPERT_CHOICES, EXPERT_FORMAT_BY_METHOD, fused_experts,  # noqa: F401
+                                            is_fused_experts, quantize_moe_component)
 from quantomni.multistage.stages import (present_stages, read_root_config, resolve_stage_quantization,
                                          thinker_prequantized_config)
 from quantomni.multistage.textgen import SamplingParams, TextGenerator, TextResult
 from quantomni.pipeline.backends import BackendRequest
-from quantomni.pipeline.loader import module_bytes, quantize_module_in_place
-from quantomni.pipeline.plan import ComponentPlan, LayerRecord
-from quantomni.pipeline.planner import plan_component
+from quantomni.pipeline.loader import module_bytes
+from quantomni.pipeline.plan import ComponentPlan
 from quantomni.pipeline.runtime import resolve_device, resolve_dtype
 
 logger = logging.getLogger("quantomni")
-
-#: experts_format values; "auto" follows the stage's method
-EXPERT_CHOICES = ("auto", "fp8", "int8", "nvfp4", "none")
-_EXPERT_FORMAT_BY_METHOD = {"fp8": "fp8", "int8": "int8", "nvfp4": "nvfp4"}
-_ACT_BY_FORMAT = {"fp8": "fp8_token", "int8": "int8_token", "nvfp4": "none"}
-
-
-def is_fused_experts(module: nn.Module) -> bool:
-    """transformers 5 fused experts: 3-D ``gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]."""
-    gu, dn = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
-    return isinstance(gu, torch.Tensor) and isinstance(dn, torch.Tensor) and gu.dim() == 3 and dn.dim() == 3
-
-
-def fused_experts(module: nn.Module):
-    for name, child in module.named_modules():
-        if is_fused_experts(child):
-            yield name, child
-
 
 class OmniMultiStage:
     """A loaded Qwen3-Omni-style model.
@@ -138,66 +118,8 @@ class OmniMultiStage:
 
     def _quantize_stage(self, stage: str, cfg: QuantMethodConfig) -> ComponentPlan:
         spec = next(s for s in STAGES if s.name == stage)
-        module = getattr(self.model, spec.attr)
-        if cfg.prequantized:
-            raise ValueError(f"quantization.{stage}: {cfg.method} is a pre-quantized format; it comes from the checkpoint")
-        # Dry plan first: an explicit option must not push quantization into the thinker's encoders.
-        try:
-            dry = plan_component(module, stage, cfg, ADAPTER, self.device, self.dtype, self.backends)
-        except QuantizationError:
-            if self._expert_format(stage, cfg) == "none" or not list(fused_experts(module)):
-                raise
-            dry = None  # experts-only quantization: every Linear is ignored/sensitive
-        encoders = compile_patterns(THINKER_ENCODERS)
-        wrong = [n for n in (dry.assignments if dry else ()) if first_match(encoders, n)]
-        if wrong:
-            raise QuantizationError(
-                f"quantization.{stage}: would quantize {len(wrong)} layer(s) of the thinker's audio/vision "
-                f"encoders (e.g. {wrong[0]!r}); they stay {self.dtype}. Keep skip_sensitive_layers=true or list "
-                f"them in ignored_layers"
-            )
-        if dry is None:
-            kept = plan_component(module, stage, None, ADAPTER, self.device, self.dtype, self.backends).records
-            records = [dataclasses.replace(r, reason="kept: ignored_layers / sensitive (experts-only)") for r in kept]
-            plan = ComponentPlan(stage, type(module).__name__, ADAPTER.name, cfg.method, cfg.scheme_name(), records)
-        else:
-            plan = quantize_module_in_place(module, stage, cfg, ADAPTER, self.device, self.dtype, self.backends)
-        self._quantize_experts(module, stage, cfg, plan)
-        if plan.quantized_count == 0:
-            raise QuantizationError(f"quantization.{stage}: {cfg.method} was requested but nothing was quantized")
-        return plan
-
-    def _expert_format(self, stage: str, cfg: QuantMethodConfig) -> str:
-        fmt = self.experts_format
-        if fmt == "auto":
-            fmt = _EXPERT_FORMAT_BY_METHOD.get(cfg.method)
-            if fmt is None:
-                raise ValueError(
-                    f"quantization.{stage}: method {cfg.method!r} has no expert format; pass experts_format "
-                    f"(one of {list(EXPERT_CHOICES[1:])})"
-                )
-        return fmt
-
-    def _quantize_experts(self, module: nn.Module, stage: str, cfg: QuantMethodConfig, plan: ComponentPlan) -> None:
-        fmt = self._expert_format(stage, cfg)
-        ignored = compile_patterns(cfg.ignored_layers)
-        for name, experts in list(fused_experts(module)):
-            hit = first_match(ignored, name) or first_match(compile_patterns(THINKER_ENCODERS), name)
-            if fmt == "none" or hit is not None:
-                why = "experts_format=none" if fmt == "none" else f"ignored_layers: {hit.text}"
-                plan.records.append(LayerRecord(stage, name, experts.gate_up_proj.shape[-1],
-                                                experts.gate_up_proj.shape[-2], False, None, None, None, why))
-                continue
-            q = QuantMoEExperts.from_module(experts, fmt, _ACT_BY_FORMAT[fmt], self.moe_backend, f"{stage}.{name}")
-            q.to(self.device)
-            backend, grouped_mm, why = q.backend_info(self.device, self.dtype)
-            parent_name, _, child = name.rpartition(".")
-            setattr(module.get_submodule(parent_name) if parent_name else module, child, q)
-            for proj, ew in (("gate_up_proj", q.gate_up), ("down_proj", q.down)):
-                plan.records.append(LayerRecord(
-                    stage, f"{name}.{proj}", ew.in_features, ew.out_features, True, cfg.method,
-                    f"{fmt} experts x{ew.num_experts} A:{ew.act}",
-                    f"moe-{backend}" + ("+grouped_mm" if grouped_mm else ""), f"quantized experts: {why}"))
+        return quantize_moe_component(getattr(self.model, spec.attr), stage, cfg, ADAPTER, self.device, self.dtype,
+                                      self.backends, self.experts_format, self.moe_backend, protected=THINKER_ENCODERS)
 
     # ------------------------------------------------------------------ checks and info
     def verify_stage_scopes(self) -> None:
@@ -375,4 +297,4 @@ def sampling_params(**kwargs) -> SamplingParams:
     return SamplingParams(**{k: v for k, v in kwargs.items() if v is not None})
 
 
-__all__ = ["OmniMultiStage", "SamplingParams", "TextResult", "sampling_params", "dataclasses"]
+__all__ = ["OmniMultiStage", "SamplingParams", "TextResult", "sampling_params"]

@@ -19,7 +19,7 @@ def inspect_multistage(model, quantization=None, quantization_config=None, linea
     from accelerate import init_empty_weights
     from transformers import AutoConfig, Qwen3OmniMoeForConditionalGeneration
 
-    from quantomni.multistage.engine import _EXPERT_FORMAT_BY_METHOD, fused_experts
+    from quantomni.multistage.moe_quant import EXPERT_FORMAT_BY_METHOD, fused_experts
     from quantomni.pipeline.backends import BackendRequest
     from quantomni.pipeline.omni import merge_quantization_args
     from quantomni.pipeline.planner import plan_component
@@ -54,7 +54,7 @@ def inspect_multistage(model, quantization=None, quantization_config=None, linea
         if cfg is not None:
             plan = plan_component(mod, spec.name, cfg, ADAPTER, dev, dt, backends)
             plans[spec.name] = plan
-            fmt = experts_format if experts_format != "auto" else _EXPERT_FORMAT_BY_METHOD.get(cfg.method, "?")
+            fmt = experts_format if experts_format != "auto" else EXPERT_FORMAT_BY_METHOD.get(cfg.method, "?")
             entry["quantization"] = plan.to_dict(with_layers=False)
             entry["quantization"]["experts"] = {n: f"{fmt} x{e.gate_up_proj.shape[0]}" for n, e in fused_experts(mod)}
         elif spec.name == "thinker" and pre is not None:

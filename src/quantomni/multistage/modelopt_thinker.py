@@ -89,7 +89,7 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
     from accelerate import init_empty_weights
     from transformers import AutoConfig, Qwen3OmniMoeForConditionalGeneration
 
-    from quantomni.multistage.engine import fused_experts
+    from quantomni.multistage.moe_quant import fused_experts
 
     model_dir = Path(model_dir)
     files = find_weight_files(model_dir)
@@ -164,7 +164,7 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
 def _fuse_split_bf16_experts(model, state) -> None:
     """ModelOpt writes every fused-experts module split per expert, even unquantized ones (the
     talker's): put ``{e}.gate_proj/up_proj/down_proj.weight`` back into the 3-D parameters."""
-    from quantomni.multistage.engine import fused_experts
+    from quantomni.multistage.moe_quant import fused_experts
 
     for name, experts in fused_experts(model):
         if f"{name}.gate_up_proj" in state or f"{name}.0.gate_proj.weight" not in state:
