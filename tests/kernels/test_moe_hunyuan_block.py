@@ -2,7 +2,7 @@
 fused experts, shared MLP) quantized the mixed way: experts NVFP4, dense (shared MLP) FP8.
 
 Tolerance: block output rel L2 error vs BF16 < 0.2 (NVFP4 W4A16 experts + FP8 W8A8 shared MLP;
-measured ~0.1), routing identical (the router is never touched), grouped == reference < 0.02.
+measured 0.13 with both MoE backends), routing identical (the router is never touched).
 """
 
 import pytest

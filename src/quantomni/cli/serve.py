@@ -19,6 +19,10 @@ def add_arguments(p):
     p.add_argument("--max-pixels", type=int, default=2048 * 2048)
     p.add_argument("--default-size", default=None, help="WxH used when a request gives no size (default 1024x1024)")
     p.add_argument("--default-steps", type=int, default=None, help="steps used when a request gives none")
+    p.add_argument("--moe-backend", default="auto", choices=["auto", "torch", "grouped"],
+                   help="multi-stage omni models: MoE experts backend")
+    p.add_argument("--experts-format", default="auto", choices=["auto", "fp8", "int8", "nvfp4", "none"],
+                   help="multi-stage omni models: storage of the experts of a quantized stage")
 
 
 def _settings(args):
@@ -40,10 +44,14 @@ def run(args) -> int:
     from quantomni.serve.server import run_server
 
     settings = _settings(args)  # validate flags before spending time on loading
+    from quantomni.multistage.stages import is_multistage_dir
+
+    extra = ({"moe_backend": args.moe_backend, "experts_format": args.experts_format}
+             if is_multistage_dir(args.model) else {})
     omni = Omni(
         args.model, quantization=args.quantization, quantization_config=quantization_config_arg(args.quantization_config),
         linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model,
-        model_id=args.served_model_name,
+        model_id=args.served_model_name, **extra,
     )
     run_server(omni, settings)
     return 0
