@@ -113,7 +113,11 @@ def quantize_stack(model, mode: str, device, moe_backend: str) -> dict:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, q)
         n_exp += 1
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if n_exp == 0:
+        raise RuntimeError("no fused MoE experts (3-D gate_up_proj/down_proj) found in the stack: this transformers "
+                           "version builds experts differently; nothing to quantize there")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return {"linears": n_lin, "experts": n_exp,
             "expert_backend": q.backend_info(torch.device(device), torch.bfloat16)[2] if n_exp else None}
 

@@ -115,10 +115,17 @@ def build_qwen3_omni(audio_output: bool = True) -> OmniDemoBundle:
 
     tok = omni_tokenizer()
     model = Qwen3OmniMoeForConditionalGeneration(qwen3_omni_config(tok, audio_output=audio_output))
-    with torch.no_grad():  # the router starts at zeros: give it weights so routing is not a tie
+    with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
+            if name.endswith("mlp.gate.weight"):  # the router starts at zeros: routing would be a tie
                 p.normal_(0.0, 0.5)
+            elif p.dim() == 3:
+                # transformers 5.24 leaves the talker's fused experts uninitialised (torch.empty): garbage
+                # or NaN would be saved. Initialise every fused-expert tensor like the thinker's.
+                p.normal_(0.0, 0.02)
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise RuntimeError(f"tiny Qwen3-Omni has non-finite initial weights in {bad[:5]}")
     _spread_weights(model)
     return OmniDemoBundle(model, tok)
 

@@ -115,6 +115,21 @@ def test_mixed_checkpoint_experts_nvfp4_dense_fp8(exports):
     assert r.completion_tokens >= 1
 
 
+def test_sidecar_only_detection(exports, tmp_path):
+    import shutil
+
+    src = exports["mixed"]
+    dst = tmp_path / "sidecar-only"
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    del cfg["quantization_config"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    omni = _load(dst)
+    pre = omni.describe()["prequantized"]
+    assert pre["source"] == "hf_quant_config.json" and pre["quant_algo"] == "MIXED_PRECISION"
+    assert omni.plans["thinker"].quantized_count == 12
+
+
 def test_prequantized_thinker_rejects_extra_quantization(exports):
     with pytest.raises(ValueError, match="pre-quantized"):
         _load(exports["mixed"], quantization="fp8")

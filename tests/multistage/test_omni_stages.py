@@ -34,6 +34,9 @@ def test_omni_dispatches_and_describes_stages(omni_engine):
 
     omni = omni_engine(None)
     assert isinstance(omni, OmniMultiStage)
+    from quantomni import Omni
+
+    assert isinstance(Omni(model=omni.model_dir, device="cpu", progress=False), OmniMultiStage)  # keyword form
     d = omni.describe()
     assert list(d["components"]) == ["thinker", "talker", "code2wav"]
     assert set(d["components"]["thinker"]["parts"]) == {"text_model", "audio_tower", "vision", "lm_head"}
