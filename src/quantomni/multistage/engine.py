@@ -82,9 +82,12 @@ class OmniMultiStage:
             )
         self.plans: dict[str, ComponentPlan] = {}
         self.model, self.tokenizer = self._load()
+        # BF16 checkpoints load on the host; each quantized layer is quantized on the device as it
+        # is replaced, then the rest moves: the device never holds the whole BF16 model.
         for stage, cfg in self.stage_configs.items():
             if cfg is not None:
                 self.plans[stage] = self._quantize_stage(stage, cfg)
+        self.model.to(self.device).eval().requires_grad_(False)
         self.verify_stage_scopes()
         thinker = self.model.thinker
         eos = _eos_ids(thinker.config.text_config, self.tokenizer)
@@ -112,7 +115,7 @@ class OmniMultiStage:
                     str(self.model_dir), dtype=self.dtype, local_files_only=True)
             finally:
                 tlog.enable_progress_bar()
-        model.to(self.device).eval().requires_grad_(False)
+        model.eval().requires_grad_(False)
         tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         return model, tok
 

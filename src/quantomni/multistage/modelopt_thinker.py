@@ -24,7 +24,7 @@ from torch import nn
 
 from quantomni.errors import CheckpointError, QuantizationError
 from quantomni.formats.modelopt import ModelOptConfig, clamp_nan_block_scales
-from quantomni.formats.safetensors_io import find_weight_files, iter_tensors, list_tensor_names
+from quantomni.formats.safetensors_io import find_weight_files, list_tensor_names
 from quantomni.kernels.fp8_torch import fp8_linear_reference
 from quantomni.kernels.nvfp4_ref import nvfp4_linear_reference
 from quantomni.layers.moe import ExpertWeights, QuantMoEExperts
@@ -64,6 +64,55 @@ class ModelOptLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, fmt={self.fmt}, w4a4={self.input_scale is not None}"
 
 
+class LazyTensors:
+    """The checkpoint as a mapping name -> tensor, read from the shards on demand.
+
+    Why: the real thinker is tens of GB; reading a tensor only when its layer is built keeps host
+    memory at about one MoE layer. ``__setitem__`` holds synthesised/fixed tensors (re-fused split
+    experts, clamped scales); ``owner(prefix)`` gives one module's tensors by suffix via an index.
+    """
+
+    def __init__(self, names: dict[str, Path]):
+        from safetensors import safe_open
+
+        self._where = dict(names)
+        self._over: dict[str, torch.Tensor] = {}
+        self._handles = {p: safe_open(str(p), framework="pt", device="cpu") for p in set(names.values())}
+        self._by_owner: dict[str, dict[str, str]] = {}
+        for k in names:
+            owner, _, leaf = k.rpartition(".")
+            self._by_owner.setdefault(owner, {})[leaf] = k
+
+    def __contains__(self, key) -> bool:
+        return key in self._over or key in self._where
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if key in self._over:
+            return self._over[key]
+        try:
+            return self._handles[self._where[key]].get_tensor(key)
+        except KeyError:
+            raise
+        except Exception as exc:
+            raise CheckpointError(f"cannot read tensor {key!r} from {self._where[key]}: {exc}") from exc
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
+
+    def __setitem__(self, key, value) -> None:
+        self._over[key] = value
+
+    def __delitem__(self, key) -> None:
+        self._over.pop(key, None)
+        self._where.pop(key, None)
+
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys([*self._where, *self._over]))
+
+    def owner(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {leaf: self[k] for leaf, k in self._by_owner.get(prefix, {}).items() if k in self}
+
+
 def _stage_of(name: str) -> str:
     return name.split(".", 1)[0]
 
@@ -77,10 +126,6 @@ def check_quantized_scope(names) -> None:
                 f"checkpoint tensor {n!r} is quantized, but only the thinker language model may be "
                 f"({TEXT_PREFIX}*); the {_stage_of(n)} stage and the audio/vision encoders must stay BF16"
             )
-
-
-def _layer_tensors(state: dict, prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".") and "." not in k[len(prefix) + 1:]}
 
 
 def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_backend: str, backends=None):
@@ -101,8 +146,11 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
             delattr(cfg, "quantization_config")  # ours to interpret, not transformers'
     with init_empty_weights(include_buffers=False):
         model = Qwen3OmniMoeForConditionalGeneration(config)
-    state = dict(iter_tensors(files))  # tiny checkpoints only hold a few MiB per layer group
-    fixed = clamp_nan_block_scales(state)
+    state = LazyTensors(names)
+    scales = {k: state[k] for k in state.keys() if k.endswith(".weight_scale")}
+    fixed = clamp_nan_block_scales(scales)  # NaN E4M3 bytes -> 448
+    for k in fixed:
+        state[k] = scales[k]
     used: set[str] = set()
     records: list[LayerRecord] = []
     text = model.thinker.model.language_model
@@ -113,7 +161,7 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
             records.append(LayerRecord("thinker", name, experts.gate_up_proj.shape[-1], experts.gate_up_proj.shape[-2],
                                        False, None, None, None, "checkpoint: BF16 experts"))
             continue
-        q = _load_experts(state, used, full, experts, mo, moe_backend)
+        q = _load_experts(state, used, full, experts, mo, moe_backend).to(device)
         parent, _, child = name.rpartition(".")
         setattr(text.get_submodule(parent), child, q)
         for proj, ew in (("gate_up_proj", q.gate_up), ("down_proj", q.down)):
@@ -140,7 +188,7 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
         if bias is not None:
             used.add(f"{full}.bias")
             bias = bias.to(dtype)
-        ql = ModelOptLinear(fmt, tensors, bias, full)
+        ql = ModelOptLinear(fmt, tensors, bias, full).to(device)
         parent, _, child = name.rpartition(".")
         setattr(text.get_submodule(parent), child, ql)
         records.append(LayerRecord("thinker", name, ql.in_features, ql.out_features, True, "modelopt",
@@ -148,7 +196,7 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
                                    "torch-reference", "quantized: checkpoint"))
 
     _fuse_split_bf16_experts(model, state)
-    _assign_plain(model, state, used, dtype)
+    _assign_plain(model, state, used, dtype, device)
     model.tie_weights()
     still_meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p is not None and p.is_meta]
     if still_meta:
@@ -181,22 +229,24 @@ def _fuse_split_bf16_experts(model, state) -> None:
             del state[k]
 
 
-def _assign_plain(model, state, used, dtype) -> None:
+def _assign_plain(model, state, used, dtype, device) -> None:
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     unexpected = []
-    for key, tensor in state.items():
+    for key in state.keys():
         if key in used:
             continue
         target = params.get(key, buffers.get(key))
         if target is None:
             unexpected.append(key)
             continue
+        tensor = state[key]
         if tuple(target.shape) != tuple(tensor.shape):
             raise CheckpointError(f"tensor {key!r}: checkpoint shape {tuple(tensor.shape)}, model expects {tuple(target.shape)}")
         owner, _, leaf = key.rpartition(".")
         mod = model.get_submodule(owner)
         t = tensor.to(dtype) if tensor.is_floating_point() and target.is_floating_point() else tensor
+        t = t.to(device)
         if key in params:
             mod._parameters[leaf] = nn.Parameter(t, requires_grad=False)
         else:
@@ -214,7 +264,7 @@ def _load_experts(state, used, full, experts, mo: ModelOptConfig, moe_backend) -
         scheme = mo.scheme_for(prefix) or mo.scheme_for(full)
         if scheme is None or f"{prefix}.weight" not in state:
             raise CheckpointError(f"{prefix}: expected a quantized expert projection in the checkpoint")
-        t = _layer_tensors(state, prefix)
+        t = state.owner(prefix)
         used.update(f"{prefix}.{s}" for s in t)
         return _FMT.get(scheme.algo), scheme.algo, t
 

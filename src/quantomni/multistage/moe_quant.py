@@ -89,18 +89,21 @@ def quantize_moe_component(module: nn.Module, component: str, cfg: QuantMethodCo
 
 def _quantize_experts(module, component, cfg, plan, fmt, moe_backend, device, dtype, guard) -> None:
     ignored = compile_patterns(cfg.ignored_layers)
-    for name, experts in list(fused_experts(module)):
+    for name in [n for n, _ in fused_experts(module)]:  # names only: each BF16 module is freed once replaced
+        experts = module.get_submodule(name)
         hit = first_match(ignored, name) or first_match(guard, name)
         if fmt == "none" or hit is not None:
             why = "experts_format=none" if fmt == "none" else f"ignored_layers: {hit.text}"
             plan.records.append(LayerRecord(component, name, experts.gate_up_proj.shape[-1],
                                             experts.gate_up_proj.shape[-2], False, None, None, None, why))
             continue
+        experts.to(device)  # quantize where it will run (the host may be far slower)
         q = QuantMoEExperts.from_module(experts, fmt, ACT_BY_FORMAT[fmt], moe_backend, f"{component}.{name}")
         q.to(device)
         backend, grouped_mm, why = q.backend_info(device, dtype)
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, q)
+        del experts
         for proj, ew in (("gate_up_proj", q.gate_up), ("down_proj", q.down)):
             plan.records.append(LayerRecord(
                 component, f"{name}.{proj}", ew.in_features, ew.out_features, True, cfg.method,
