@@ -108,8 +108,8 @@ def quantize_stack(model, mode: str, device, moe_backend: str) -> dict:
             n_lin += 1
     n_exp = 0
     fmt, act = {"fp8": ("fp8", "fp8_token"), "nvfp4": ("nvfp4", "none")}[mode]
-    for name, ex in list(fused_experts(model)):
-        q = QuantMoEExperts.from_module(ex, fmt, act, moe_backend, name).to(device)
+    for name in [n for n, _ in fused_experts(model)]:  # names only: each BF16 module is freed once replaced
+        q = QuantMoEExperts.from_module(model.get_submodule(name), fmt, act, moe_backend, name).to(device)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, q)
         n_exp += 1
