@@ -130,6 +130,39 @@ def test_sidecar_only_detection(exports, tmp_path):
     assert omni.plans["thinker"].quantized_count == 12
 
 
+def _legacy(name: str) -> str:
+    """transformers 4.x / hub names of the thinker (what published checkpoints use)."""
+    for new, old in (("thinker.model.language_model.", "thinker.model."), ("thinker.model.audio_tower", "thinker.audio_tower"),
+                     ("thinker.model.visual", "thinker.visual")):
+        if name.startswith(new):
+            return old + name[len(new):]
+    return name
+
+
+def test_legacy_hub_names_load_identically(exports, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file as load_st
+    from safetensors.torch import save_file
+
+    src = exports["nvfp4"]
+    dst = tmp_path / "legacy"
+    shutil.copytree(src, dst)
+    (dst / "model.safetensors").unlink()
+    tensors = load_st(str(src / "model.safetensors"))
+    assert any(k.startswith("thinker.model.language_model.") for k in tensors)
+    save_file({_legacy(k): v for k, v in tensors.items()}, str(dst / "model.safetensors"))
+    cfg = json.loads((dst / "config.json").read_text())
+    qc = cfg["thinker_config"]["text_config"]["quantization_config"]
+    qc["ignore"] = [_legacy(p) for p in qc["ignore"]]
+    assert "thinker.audio_tower*" in qc["ignore"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    ids = _ref(src)["input_ids"]
+    a = _load(src).text.logits(ids)
+    b = _load(dst).text.logits(ids)
+    assert torch.equal(a, b)
+
+
 def test_prequantized_thinker_rejects_extra_quantization(exports):
     with pytest.raises(ValueError, match="pre-quantized"):
         _load(exports["mixed"], quantization="fp8")

@@ -17,6 +17,7 @@ emulated with the static input scale) and ``kernels.fp8_torch`` (FP8, static act
 from __future__ import annotations
 
 import fnmatch
+import re
 from pathlib import Path
 
 import torch
@@ -72,10 +73,12 @@ class LazyTensors:
     experts, clamped scales); ``owner(prefix)`` gives one module's tensors by suffix via an index.
     """
 
-    def __init__(self, names: dict[str, Path]):
+    def __init__(self, names: dict[str, Path], stored: dict[str, str] | None = None):
+        """names: model key -> shard; stored: model key -> key in the file (when they differ)."""
         from safetensors import safe_open
 
         self._where = dict(names)
+        self._stored = stored or {}
         self._over: dict[str, torch.Tensor] = {}
         self._handles = {p: safe_open(str(p), framework="pt", device="cpu") for p in set(names.values())}
         self._by_owner: dict[str, dict[str, str]] = {}
@@ -90,7 +93,7 @@ class LazyTensors:
         if key in self._over:
             return self._over[key]
         try:
-            return self._handles[self._where[key]].get_tensor(key)
+            return self._handles[self._where[key]].get_tensor(self._stored.get(key, key))
         except KeyError:
             raise
         except Exception as exc:
@@ -111,6 +114,43 @@ class LazyTensors:
 
     def owner(self, prefix: str) -> dict[str, torch.Tensor]:
         return {leaf: self[k] for leaf, k in self._by_owner.get(prefix, {}).items() if k in self}
+
+
+# Hub checkpoints (and ModelOpt exports made with transformers 4.x) use the pre-5.0 layout:
+# thinker.model.layers.* (text), thinker.audio_tower.*, thinker.visual.*. transformers 5 nests them
+# under thinker.model.{language_model,audio_tower,visual}; its from_pretrained renames on load, and so
+# does this loader (tensor names and the ModelOpt config's layer names).
+_TO_MODEL = ((re.compile(r"^thinker\.audio_tower\."), "thinker.model.audio_tower."),
+             (re.compile(r"^thinker\.visual\."), "thinker.model.visual."),
+             (re.compile(r"^thinker\.model\.(?!language_model\.|visual\.|audio_tower\.)"), "thinker.model.language_model."))
+_TO_LEGACY = ((re.compile(r"^thinker\.model\.language_model\."), "thinker.model."),
+              (re.compile(r"^thinker\.model\.audio_tower\."), "thinker.audio_tower."),
+              (re.compile(r"^thinker\.model\.visual\."), "thinker.visual."))
+
+
+def _rename(key: str, rules) -> str:
+    for rx, repl in rules:
+        if rx.match(key):
+            return rx.sub(repl, key, count=1)
+    return key
+
+
+def is_legacy_layout(keys) -> bool:
+    """True when the checkpoint uses the transformers 4.x thinker names."""
+    return any(k.startswith(("thinker.model.layers.", "thinker.audio_tower.", "thinker.visual.")) for k in keys)
+
+
+def model_names(names: dict[str, Path]) -> tuple[dict[str, Path], dict[str, str], bool]:
+    """(model key -> shard, model key -> stored key, legacy?) for a checkpoint's tensor names."""
+    if not is_legacy_layout(names):
+        return dict(names), {}, False
+    out, stored = {}, {}
+    for k, path in names.items():
+        mk = _rename(k, _TO_MODEL)
+        if mk in out:
+            raise CheckpointError(f"checkpoint names {stored.get(mk, mk)!r} and {k!r} both map to {mk!r}")
+        out[mk], stored[mk] = path, k
+    return out, stored, True
 
 
 def _stage_of(name: str) -> str:
@@ -138,15 +178,18 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
 
     model_dir = Path(model_dir)
     files = find_weight_files(model_dir)
-    names = list_tensor_names(files)
+    names, stored, legacy = model_names(list_tensor_names(files))
     check_quantized_scope(names)
+
+    def scheme_for(model_name: str):
+        return mo.scheme_for(_rename(model_name, _TO_LEGACY) if legacy else model_name)
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
     for cfg in (config, config.thinker_config, config.thinker_config.text_config):
         if hasattr(cfg, "quantization_config"):
             delattr(cfg, "quantization_config")  # ours to interpret, not transformers'
     with init_empty_weights(include_buffers=False):
         model = Qwen3OmniMoeForConditionalGeneration(config)
-    state = LazyTensors(names)
+    state = LazyTensors(names, stored)
     scales = {k: state[k] for k in state.keys() if k.endswith(".weight_scale")}
     fixed = clamp_nan_block_scales(scales)  # NaN E4M3 bytes -> 448
     for k in fixed:
@@ -161,7 +204,7 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
             records.append(LayerRecord("thinker", name, experts.gate_up_proj.shape[-1], experts.gate_up_proj.shape[-2],
                                        False, None, None, None, "checkpoint: BF16 experts"))
             continue
-        q = _load_experts(state, used, full, experts, mo, moe_backend).to(device)
+        q = _load_experts(state, used, full, experts, scheme_for, moe_backend).to(device)
         parent, _, child = name.rpartition(".")
         setattr(text.get_submodule(parent), child, q)
         for proj, ew in (("gate_up_proj", q.gate_up), ("down_proj", q.down)):
@@ -173,7 +216,7 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
         if not isinstance(lin, nn.Linear):
             continue
         full = TEXT_PREFIX + name
-        scheme = mo.scheme_for(full)
+        scheme = scheme_for(full)
         if scheme is None or f"{full}.weight_scale" not in names:
             records.append(LayerRecord("thinker", name, lin.in_features, lin.out_features, False, None, None, None,
                                        "checkpoint: stored as BF16"))
@@ -255,13 +298,13 @@ def _assign_plain(model, state, used, dtype, device) -> None:
         raise CheckpointError(f"checkpoint has {len(unexpected)} tensor(s) the model does not: {unexpected[:8]}")
 
 
-def _load_experts(state, used, full, experts, mo: ModelOptConfig, moe_backend) -> QuantMoEExperts:
+def _load_experts(state, used, full, experts, scheme_for, moe_backend) -> QuantMoEExperts:
     n_exp = experts.gate_up_proj.shape[0]
 
     def take(e, proj):
         prefix = f"{full}.{e}.{proj}"
         # MIXED_PRECISION names the whole experts module in quantized_layers, others per projection
-        scheme = mo.scheme_for(prefix) or mo.scheme_for(full)
+        scheme = scheme_for(prefix) or scheme_for(full)
         if scheme is None or f"{prefix}.weight" not in state:
             raise CheckpointError(f"{prefix}: expected a quantized expert projection in the checkpoint")
         t = state.owner(prefix)
