@@ -72,3 +72,29 @@ def test_image_route_refuses_text_model(chat_server):
     handle, _ = chat_server
     r = httpx.post(handle.url + "/v1/images/generations", json={"prompt": "a cat", "size": "64x64"}, timeout=30)
     assert r.status_code >= 400
+
+
+def test_chat_route_honours_api_key_and_is_absent_for_image_engines(omni_engine):
+    from fastapi.testclient import TestClient
+
+    from quantomni.serve.app import create_app
+    from quantomni.serve.settings import ServeSettings
+
+    omni = omni_engine("fp8")
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+    with TestClient(create_app(omni, ServeSettings(api_key="sk-test"))) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 401
+        ok = client.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-test"})
+        assert ok.status_code == 200 and ok.json()["object"] == "chat.completion"
+
+    class ImagesOnly:
+        model_id = "img"
+
+        def describe(self):
+            return {"components": {}}
+
+        def generate(self, *a, **k):  # pragma: no cover - never called here
+            raise AssertionError
+
+    with TestClient(create_app(ImagesOnly())) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 404
