@@ -38,6 +38,7 @@ from torch import nn
 
 REAL = dict(hidden_size=2048, num_attention_heads=32, num_key_value_heads=4, head_dim=128, moe_intermediate_size=768,
             num_experts=128, num_experts_per_tok=8, vocab_size=151936, intermediate_size=768)
+REAL_MROPE = [24, 20, 20]  # Qwen3-Omni's rope_scaling.mrope_section (sums to head_dim / 2)
 TINY = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16, moe_intermediate_size=32,
             num_experts=8, num_experts_per_tok=2, vocab_size=512, intermediate_size=64)
 
@@ -48,7 +49,8 @@ def build_stack(dims: dict, layers: int, device, seed: int = 0):
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
     half = dims["head_dim"] // 2
-    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [half - 2 * (half // 4), half // 4, half // 4],
+    section = REAL_MROPE if dims["head_dim"] == 128 else [half - 2 * (half // 4), half // 4, half // 4]
+    rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": section,
             "interleaved": True, "mrope_interleaved": True}
     cfg = Qwen3OmniMoeTextConfig(num_hidden_layers=layers, rope_parameters=rope, max_position_embeddings=4096,
                                  decoder_sparse_step=1, norm_topk_prob=True, **dims)

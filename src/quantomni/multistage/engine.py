@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantomni.config.base import QuantMethodConfig
 from quantomni.errors import QuantizationError
 from quantomni.layers.linear import QuantLinear
 from quantomni.layers.moe import QuantMoEExperts
@@ -34,6 +35,7 @@ from quantomni.pipeline.plan import ComponentPlan
 from quantomni.pipeline.runtime import resolve_device, resolve_dtype
 
 logger = logging.getLogger("quantomni")
+
 
 class OmniMultiStage:
     """A loaded Qwen3-Omni-style model.

@@ -8,6 +8,7 @@ serialises requests with its own lock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import threading
@@ -113,10 +114,12 @@ async def _sse(engine, messages, params, rid: str, created: int, prompt_tokens: 
 
     def worker():
         try:
-            for delta, final in engine.chat_stream(messages, params):
-                if cancel.is_set():
-                    break
-                loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta, final))
+            # closing(): a client that goes away stops generation and releases the engine lock now
+            with contextlib.closing(engine.chat_stream(messages, params)) as stream:
+                for delta, final in stream:
+                    if cancel.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, ("delta", delta, final))
             loop.call_soon_threadsafe(queue.put_nowait, ("end", None, None))
         except Exception as exc:  # surfaced to the client as an error event
             loop.call_soon_threadsafe(queue.put_nowait, ("error", str(exc), None))
