@@ -116,6 +116,11 @@ def test_backend_selection_on_cpu():
     assert name == "grouped" and not grouped_mm and "padded bmm" in why
     ok, why = grouped_mm_available(torch.device("cpu"), torch.bfloat16)
     assert not ok and "CUDA" in why
+    from quantomni.kernels.moe_torch import grouped_mm_can_implement
+
+    assert grouped_mm_can_implement((2048, 1536, 768))[0]
+    ok, why = grouped_mm_can_implement((2048, 1540, 770))
+    assert not ok and "[1540, 770]" in why
 
 
 def test_pluggable_nvfp4_dequantizer(experts):

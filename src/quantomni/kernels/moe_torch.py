@@ -227,11 +227,24 @@ def moe_experts_grouped(x, top_k_index, top_k_weights, gate_up, down, act_fn, us
     return out.to(x.dtype)
 
 
-def select_moe_backend(requested: str, device: torch.device, dtype: torch.dtype) -> tuple[str, bool, str]:
-    """-> (backend name, use torch._grouped_mm, reason). "auto": grouped on CUDA, torch on CPU."""
+def grouped_mm_can_implement(dims: tuple[int, ...]) -> tuple[bool, str]:
+    """cuBLAS grouped GEMM needs 16-byte aligned rows: every K and N a multiple of 8 in bf16."""
+    bad = [d for d in dims if d % 8]
+    if bad:
+        return False, f"torch._grouped_mm needs feature sizes divisible by 8, got {bad}"
+    return True, "aligned"
+
+
+def select_moe_backend(requested: str, device: torch.device, dtype: torch.dtype,
+                       dims: tuple[int, ...] = ()) -> tuple[str, bool, str]:
+    """-> (backend name, use torch._grouped_mm, reason). "auto": grouped on CUDA, torch on CPU.
+    dims: the experts' feature sizes (H, 2I, I) checked against grouped-GEMM alignment."""
     if requested not in MOE_BACKENDS:
         raise ValueError(f"moe_backend: unknown backend {requested!r}; choose from {list(MOE_BACKENDS)}")
     ok, why = grouped_mm_available(device, dtype)
+    if ok:
+        ok, why = grouped_mm_can_implement(dims)
+        why = "torch._grouped_mm" if ok else why
     if requested == "torch":
         return "torch", False, "requested: reference loop over active experts"
     if requested == "grouped":

@@ -100,7 +100,8 @@ class QuantMoEExperts(nn.Module):
         device = device or self.gate_up.weight.device
         dtype = dtype or torch.bfloat16
         if self._resolved is None or self._resolved[0] != (device, dtype):
-            self._resolved = ((device, dtype), select_moe_backend(self.requested_backend, device, dtype))
+            dims = (self.gate_up.in_features, self.gate_up.out_features, self.down.in_features, self.down.out_features)
+            self._resolved = ((device, dtype), select_moe_backend(self.requested_backend, device, dtype, dims))
         return self._resolved[1]
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
