@@ -98,3 +98,25 @@ def test_chat_route_honours_api_key_and_is_absent_for_image_engines(omni_engine)
 
     with TestClient(create_app(ImagesOnly())) as client:
         assert client.post("/v1/chat/completions", json=body).status_code == 404
+
+
+def test_openai_client_audio_output(chat_server):
+    import base64
+    import io
+    import wave
+
+    handle, omni = chat_server
+    client = openai.OpenAI(base_url=handle.url + "/v1", api_key="none", max_retries=0, timeout=60)
+    res = client.chat.completions.create(
+        model=omni.model_id, messages=[{"role": "user", "content": "speak"}], modalities=["text", "audio"],
+        audio={"voice": "ethan", "format": "wav"}, max_tokens=4, seed=0, extra_body={"max_audio_tokens": 6})
+    msg = res.choices[0].message
+    assert msg.audio is not None and msg.audio.transcript == omni.chat("speak", max_tokens=4, temperature=0).text
+    with wave.open(io.BytesIO(base64.b64decode(msg.audio.data))) as w:
+        assert w.getframerate() == 24000 and w.getnchannels() == 1 and w.getnframes() > 0
+    bad = httpx.post(handle.url + "/v1/chat/completions", timeout=30, json={
+        "messages": [{"role": "user", "content": "x"}], "modalities": ["text", "audio"], "stream": True})
+    assert bad.status_code == 400 and "stream" in bad.text
+    bad = httpx.post(handle.url + "/v1/chat/completions", timeout=30, json={
+        "messages": [{"role": "user", "content": "x"}], "modalities": ["audio"], "audio": {"voice": "nobody"}})
+    assert bad.status_code == 400 and "nobody" in bad.text

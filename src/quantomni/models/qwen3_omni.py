@@ -14,6 +14,8 @@ from quantomni.models.base import ArchitectureAdapter
 #: config.json ``model_type`` values this adapter covers
 MODEL_TYPES = ("qwen3_omni_moe",)
 MODEL_CLASS = "Qwen3OmniMoeForConditionalGeneration"
+#: code2wav's output sample rate (Hz) for Qwen3-Omni
+AUDIO_SAMPLE_RATE = 24000
 
 #: The reference recipe's exclusions, as fnmatch globs over full module names (``thinker.…``).
 DEFAULT_EXCLUSIONS = ("*audio_tower*", "*visual*", "*talker*", "*code2wav*", "*lm_head*", "*mlp.gate*")

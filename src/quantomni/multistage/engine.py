@@ -23,7 +23,7 @@ from quantomni.config.base import QuantMethodConfig
 from quantomni.errors import QuantizationError
 from quantomni.layers.linear import QuantLinear
 from quantomni.layers.moe import QuantMoEExperts
-from quantomni.models.qwen3_omni import ADAPTER, STAGES, THINKER_ENCODERS
+from quantomni.models.qwen3_omni import ADAPTER, AUDIO_SAMPLE_RATE, STAGES, THINKER_ENCODERS
 from quantomni.multistage.moe_quant import (EXPERT_CHOICES, EXPERT_FORMAT_BY_METHOD, fused_experts,  # noqa: F401
                                             is_fused_experts, quantize_moe_component)
 from quantomni.multistage.stages import (present_stages, read_root_config, resolve_stage_quantization,
@@ -180,7 +180,7 @@ class OmniMultiStage:
             "quantization": self.quant_config.to_dict(),
             "prequantized": pre,
             "moe_backend": self.moe_backend,
-            "capabilities": ["chat"],
+            "capabilities": ["chat"] + (["audio"] if getattr(self.model, "talker", None) is not None else []),
             "components": self.stage_report(),
         }
 
@@ -253,7 +253,8 @@ class OmniMultiStage:
                 thinker_eos_token_id=sorted(self.text.eos_ids))
         new = [int(t) for t in sequences[0, len(ids):] if int(t) not in self.text.eos_ids]
         return {"text": self.tokenizer.decode(new, skip_special_tokens=True), "token_ids": new,
-                "waveform": wav.reshape(-1).float().cpu()}
+                "waveform": wav.reshape(-1).float().cpu(), "sample_rate": AUDIO_SAMPLE_RATE,
+                "prompt_tokens": len(ids)}
 
     def thinker_logits(self, prompt: str) -> torch.Tensor:
         """Logits of the thinker over a plain-text prompt: float [T, V] (for accuracy checks)."""

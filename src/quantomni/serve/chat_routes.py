@@ -30,6 +30,12 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class AudioOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    voice: str | None = None
+    format: Literal["wav"] = "wav"
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
     model: str | None = None
@@ -43,6 +49,9 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: AudioOptions | None = None
+    max_audio_tokens: int = Field(default=256, ge=1, le=MAX_TOKENS_LIMIT)  # extension: talker codec steps
 
 
 def _parse(raw: bytes) -> ChatCompletionRequest:
@@ -85,6 +94,8 @@ def add_chat_routes(app, engine, default_max_tokens: int = 256) -> None:
             raise APIError(400, str(exc), param="messages") from None
         rid = "chatcmpl-" + secrets.token_hex(12)
         created = int(time.time())
+        if body.modalities and "audio" in body.modalities:
+            return await _speech(engine, body, messages, params, rid, created)
         if not body.stream:
             try:
                 result = await asyncio.to_thread(engine.chat, messages, params)
@@ -99,6 +110,51 @@ def add_chat_routes(app, engine, default_max_tokens: int = 256) -> None:
             })
         return StreamingResponse(_sse(engine, messages, params, rid, created, len(prompt_ids)),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+def wav_bytes(waveform, sample_rate: int) -> bytes:
+    """float waveform [S] in [-1, 1] -> 16-bit PCM mono WAV bytes."""
+    import io
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(waveform.numpy(), -1.0, 1.0) * 32767.0).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+async def _speech(engine, body, messages, params, rid: str, created: int):
+    """modalities ["text", "audio"]: thinker -> talker -> code2wav; the reply carries message.audio
+    (base64 WAV + transcript) as OpenAI's audio-capable chat models do. Greedy thinker, no streaming."""
+    import base64
+
+    if body.stream:
+        raise APIError(400, "Streaming is not supported with audio output; set stream to false.", param="stream")
+    if not hasattr(engine, "speak"):
+        raise APIError(400, f"Model {engine.model_id!r} cannot produce audio.", param="modalities")
+    voice = body.audio.voice if body.audio else None
+    try:
+        out = await asyncio.to_thread(engine.speak, messages, params.max_tokens, body.max_audio_tokens, voice,
+                                      params.seed)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="audio" if "speaker" in str(exc) else None) from None
+    data = base64.b64encode(wav_bytes(out["waveform"], out["sample_rate"])).decode("ascii")
+    audio = {"id": "audio_" + secrets.token_hex(8), "data": data, "expires_at": created + 3600,
+             "transcript": out["text"]}
+    completion = len(out["token_ids"])
+    return JSONResponse({
+        "id": rid, "object": "chat.completion", "created": created, "model": engine.model_id,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": None, "audio": audio},
+                     "finish_reason": "length" if completion >= params.max_tokens else "stop", "logprobs": None}],
+        "usage": {"prompt_tokens": out["prompt_tokens"], "completion_tokens": completion,
+                  "total_tokens": out["prompt_tokens"] + completion},
+    })
 
 
 def _usage(result, prompt_tokens: int) -> dict[str, int]:
