@@ -2,8 +2,8 @@
 
 Tolerances (tiny random model, 74-token prompt):
   * dequantized weights vs ModelOpt's own fake-quantized weights: rel < 0.01 (bf16 rounding of theirs);
-  * thinker logits vs ModelOpt's fake-quantized thinker: rel < 0.1 (NVFP4 W4A4), < 0.06 (mixed FP8/NVFP4);
-    measured 0.055 / 0.03 — W4A4 amplifies bf16-vs-fp32 rounding differences across layers;
+  * thinker logits vs ModelOpt's fake-quantized thinker: rel < 0.1 (NVFP4 W4A4), < 0.06 (mixed FP8/NVFP4,
+    FP8); measured 0.055 / 0.03 / 0.03 — W4A4 amplifies bf16-vs-fp32 rounding differences across layers;
   * the two MoE backends agree: rel < 0.05 (grouped multiplies in bf16, the reference in fp32; measured 0.024).
 """
 
@@ -28,6 +28,7 @@ def exports(tmp_path_factory):
     return {
         "nvfp4": make_omni_modelopt_export("nvfp4", base / "nvfp4", placement="text_config"),
         "mixed": make_omni_modelopt_export("mixed", base / "mixed", placement="export"),
+        "fp8": make_omni_modelopt_export("fp8", base / "fp8", placement="text_config"),
     }
 
 
@@ -81,7 +82,7 @@ def test_nvfp4_weights_match_modelopt_fake_quant(exports):
         assert float((mine - theirs).norm() / theirs.norm()) < 0.01
 
 
-@pytest.mark.parametrize("kind, max_rel", [("nvfp4", 0.1), ("mixed", 0.06)])
+@pytest.mark.parametrize("kind, max_rel", [("nvfp4", 0.1), ("mixed", 0.06), ("fp8", 0.06)])
 def test_thinker_logits_match_modelopt(exports, kind, max_rel):
     from omni_test_helpers import logits_agreement
 
@@ -113,6 +114,17 @@ def test_mixed_checkpoint_experts_nvfp4_dense_fp8(exports):
     assert plan.quantized_count == 12 and "MIXED_PRECISION" in plan.scheme
     r = omni.chat("hi", max_tokens=4, temperature=0)
     assert r.completion_tokens >= 1
+
+
+def test_fp8_thinker_static_scales(exports):
+    from quantomni.multistage.modelopt_thinker import ModelOptLinear
+
+    lm = _load(exports["fp8"]).model.thinker.model.language_model
+    q = lm.layers[0].self_attn.q_proj
+    assert isinstance(q, ModelOptLinear) and q.weight.dtype == torch.float8_e4m3fn and q.input_scale.dim() == 0
+    ex = lm.layers[0].mlp.experts
+    assert ex.gate_up.fmt == "fp8" and ex.gate_up.act == "fp8_static" and ex.gate_up.input_scale.shape == (8,)
+    assert ex.gate_up.weight_scale.shape == (8, 64)  # per-tensor scales of gate and up, one per output row
 
 
 def test_sidecar_only_detection(exports, tmp_path):

@@ -94,4 +94,8 @@ def test_chat_cli(omni_dir, capsys):
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["completion_tokens"] <= 4 and out["quantization"]["thinker"]["method"] == "fp8"
+    assert main(["chat", "--model", str(omni_dir), "--prompt", "hi", "--max-tokens", "3", "--temperature", "0",
+                 "--stream", "--device", "cpu"]) == 0
+    streamed = capsys.readouterr().out
+    assert streamed.endswith("\n")
     assert main(["chat", "--model", str(omni_dir), "--prompt", "x", "--max-tokens", "0", "--device", "cpu"]) == 2
