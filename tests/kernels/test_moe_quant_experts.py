@@ -174,3 +174,18 @@ def test_grouped_mm_layout_matches_padded_bmm():
     for grouped in (False, True):
         out = _group_matmul(rows, counts, w, grouped).float()
         assert float((out - ref).norm() / ref.norm()) < 1e-2
+
+
+def test_dropped_slots_and_empty_batches(experts):
+    """Index E marks a dropped slot (transformers skips it); zero tokens give an empty output."""
+    q = {b: QuantMoEExperts.from_module(experts, "int8", "int8_token", b) for b in ("torch", "grouped")}
+    x = torch.randn(5, 64)
+    idx = torch.tensor([[1, 8], [8, 8], [2, 3], [8, 0], [4, 5]])
+    w = torch.rand(5, 2)
+    ref = experts(x, idx, w)
+    for b, mod in q.items():
+        out = mod(x, idx, w)
+        assert torch.equal(out[1], torch.zeros(64))
+        assert float((out - ref).norm() / ref.norm()) < TOL["int8"], b
+        empty = mod(torch.randn(0, 64), torch.zeros(0, 2, dtype=torch.long), torch.zeros(0, 2))
+        assert empty.shape == (0, 64)

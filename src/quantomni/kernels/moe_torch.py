@@ -156,6 +156,8 @@ def moe_experts_reference(x, top_k_index, top_k_weights, gate_up, down, act_fn):
     """
     out = torch.zeros(x.shape[0], down.out_features, dtype=torch.float32, device=x.device)
     for e in torch.unique(top_k_index).tolist():
+        if not 0 <= e < gate_up.num_experts:  # index E marks a dropped/padded slot (as in transformers)
+            continue
         tok, slot = torch.where(top_k_index == e)
         idx = torch.tensor([e], device=x.device)
         rows = x[tok]
@@ -210,6 +212,11 @@ def moe_experts_grouped(x, top_k_index, top_k_weights, gate_up, down, act_fn, us
     flat_expert = top_k_index.reshape(-1)
     order = torch.argsort(flat_expert, stable=True)
     sorted_expert = flat_expert[order]
+    # slots routed to index >= E (dropped/padded, as in transformers) sort last and are cut off
+    valid = int((sorted_expert < gate_up.num_experts).sum())
+    if valid == 0:
+        return torch.zeros(t, down.out_features, dtype=x.dtype, device=x.device)
+    order, sorted_expert = order[:valid], sorted_expert[:valid]
     token_of = order // k
     uniq, counts = torch.unique_consecutive(sorted_expert, return_counts=True)
     rows = x.index_select(0, token_of)
