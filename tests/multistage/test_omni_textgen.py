@@ -99,3 +99,23 @@ def test_chat_cli(omni_dir, capsys):
     streamed = capsys.readouterr().out
     assert streamed.endswith("\n")
     assert main(["chat", "--model", str(omni_dir), "--prompt", "x", "--max-tokens", "0", "--device", "cpu"]) == 2
+
+
+def test_chat_template_from_processor_json(omni_dir, tmp_path):
+    import shutil
+
+    from quantomni import Omni
+    from quantomni.demo_omni_models import CHAT_TEMPLATE
+
+    d = tmp_path / "processor-template"
+    shutil.copytree(omni_dir, d)
+    (d / "chat_template.jinja").unlink()
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    plain = Omni(d, device="cpu", progress=False)
+    assert not plain.tokenizer.chat_template
+    (d / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    omni = Omni(d, device="cpu", progress=False)
+    ids = omni.encode_messages([{"role": "user", "content": "hi"}])
+    assert omni.tokenizer.decode(ids).startswith("<|im_start|>user\nhi<|im_end|>")

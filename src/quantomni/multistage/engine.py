@@ -119,6 +119,8 @@ class OmniMultiStage:
                 tlog.enable_progress_bar()
         model.eval().requires_grad_(False)
         tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        if not getattr(tok, "chat_template", None):
+            tok.chat_template = _processor_chat_template(self.model_dir)
         return model, tok
 
     def _quantize_stage(self, stage: str, cfg: QuantMethodConfig) -> ComponentPlan:
@@ -270,6 +272,23 @@ class OmniMultiStage:
         self.model = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _processor_chat_template(model_dir: Path) -> str | None:
+    """Qwen3-Omni repos ship the chat template with the processor (``chat_template.json``), which
+    the tokenizer alone does not read; None when there is none (prompts are then plain text)."""
+    import json
+
+    path = Path(model_dir) / "chat_template.json"
+    if not path.is_file():
+        return None
+    try:
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ValueError(f"{path}: expected JSON with a 'chat_template' string ({exc})") from exc
+    if template is not None and not isinstance(template, str):
+        raise ValueError(f"{path}: 'chat_template' must be a string, got {type(template).__name__}")
+    return template
 
 
 def _is_quantized_module(mod: nn.Module) -> bool:
