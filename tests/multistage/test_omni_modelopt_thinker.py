@@ -195,3 +195,18 @@ def test_inspect_shows_prequantized_thinker(exports, capsys):
     assert main(["inspect", str(exports["nvfp4"]), "--summary-only"]) == 0
     out = capsys.readouterr().out
     assert "pre-quantized ModelOpt NVFP4" in out and "text_config" in out
+
+
+def test_config_that_contradicts_the_tensors_is_named(exports, tmp_path):
+    import shutil
+
+    from quantomni.errors import CheckpointError
+
+    dst = tmp_path / "contradiction"
+    shutil.copytree(exports["nvfp4"], dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    qc = cfg["thinker_config"]["text_config"]["quantization_config"]
+    qc["ignore"].append("thinker.model.language_model.layers.1.self_attn.o_proj")
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="layers.1.self_attn.o_proj.*disagree"):
+        _load(dst)

@@ -217,13 +217,21 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
             continue
         full = TEXT_PREFIX + name
         scheme = scheme_for(full)
-        if scheme is None or f"{full}.weight_scale" not in names:
+        stored_quantized = f"{full}.weight_scale" in names
+        if scheme is None and stored_quantized:
+            raise CheckpointError(f"{full}: stored quantized (it has a weight_scale) but the ModelOpt config keeps it "
+                                  f"unquantized (ignore / quantized_layers); the checkpoint and its config disagree")
+        if scheme is None or not stored_quantized:
             records.append(LayerRecord("thinker", name, lin.in_features, lin.out_features, False, None, None, None,
                                        "checkpoint: stored as BF16"))
             continue
         fmt = _FMT.get(scheme.algo)
         if fmt is None:
             raise CheckpointError(f"{full}: ModelOpt {scheme.algo} is not supported for the omni thinker (NVFP4/FP8 only)")
+        want = torch.uint8 if fmt == "nvfp4" else torch.float8_e4m3fn
+        if state[f"{full}.weight"].dtype != want:
+            raise CheckpointError(f"{full}: the config says {scheme.algo} (weight {want}) but the stored weight is "
+                                  f"{state[f'{full}.weight'].dtype}")
         tensors = {s: state[f"{full}.{s}"] for s in ("weight", "weight_scale", "weight_scale_2", "input_scale")
                    if f"{full}.{s}" in state}
         used.update(f"{full}.{s}" for s in tensors)
