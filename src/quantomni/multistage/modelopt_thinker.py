@@ -16,7 +16,6 @@ emulated with the static input scale) and ``kernels.fp8_torch`` (FP8, static act
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from pathlib import Path
 
@@ -365,7 +364,3 @@ def _stack(fmt, per_expert, act_static, name) -> ExpertWeights:
     inp = torch.stack([p[3].float().reshape(()) for p in per_expert]) if all(has_inp) else None
     act = act_static if inp is not None else "none"
     return ExpertWeights(fmt, act, w, s, s2, inp)
-
-
-def fnmatch_any(name: str, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
