@@ -15,7 +15,11 @@ relative error against BF16 (fresh random prompt, same weights) as a sanity chec
 
 Pluggable NVFP4 kernels (e.g. a Triton W4A16 GEMM): --nvfp4-linear MODULE:FN with
 FN(x [M,K] bf16, weight uint8 [N,K/2], weight_scale e4m3 [N,K/16], weight_scale_2 f32 []) -> [M,N]
-bf16; --nvfp4-expert-dequant MODULE:FN replacing ``kernels.moe_torch.dequant_nvfp4_experts``.
+bf16; --nvfp4-expert-dequant MODULE:FN replacing ``kernels.moe_torch.dequant_nvfp4_experts``
+("triton" = ``kernels.moe_nvfp4_triton``, a one-pass Triton dequantizer). Suggested H100 runs:
+
+    python benchmarks/bench_omni_decode.py --out a.json --commit SHA
+    python benchmarks/bench_omni_decode.py --modes bf16,nvfp4 --nvfp4-expert-dequant triton --out b.json --commit SHA
 
     PYTHONPATH=src python benchmarks/bench_omni_decode.py --out omni_decode.json --commit $(git rev-parse --short HEAD)
     PYTHONPATH=src python benchmarks/bench_omni_decode.py --tiny      # CPU smoke run, seconds
@@ -205,7 +209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--moe-backend", default="auto", choices=["auto", "torch", "grouped"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--nvfp4-linear", default=None, help="MODULE:FN NVFP4 W4A16 linear kernel")
-    ap.add_argument("--nvfp4-expert-dequant", default=None, help="MODULE:FN NVFP4 expert dequantizer")
+    ap.add_argument("--nvfp4-expert-dequant", default=None,
+                    help="MODULE:FN NVFP4 expert dequantizer, or 'triton' for quantomni's one-pass Triton kernel")
     ap.add_argument("--out", default=None, help="write results JSON here")
     ap.add_argument("--commit", default=None, help="commit of the tree (the device copy has no .git)")
     args = ap.parse_args(argv)
@@ -228,6 +233,8 @@ def main(argv=None) -> int:
     if args.nvfp4_expert_dequant:
         from quantomni.kernels.moe_torch import register_expert_dequantizer
 
+        if args.nvfp4_expert_dequant == "triton":
+            args.nvfp4_expert_dequant = "quantomni.kernels.moe_nvfp4_triton:dequant_nvfp4_experts_triton"
         register_expert_dequantizer("nvfp4", args.nvfp4_expert_dequant)
 
     dev_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
