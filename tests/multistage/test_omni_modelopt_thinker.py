@@ -210,3 +210,20 @@ def test_config_that_contradicts_the_tensors_is_named(exports, tmp_path):
     (dst / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="layers.1.self_attn.o_proj.*disagree"):
         _load(dst)
+
+
+def test_missing_expert_tensor_is_named(exports, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file as load_st
+    from safetensors.torch import save_file
+
+    from quantomni.errors import CheckpointError
+
+    dst = tmp_path / "missing"
+    shutil.copytree(exports["mixed"], dst)
+    tensors = load_st(str(dst / "model.safetensors"))
+    del tensors["thinker.model.language_model.layers.1.mlp.experts.5.down_proj.weight_scale"]
+    save_file(tensors, str(dst / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"layers\.1\.mlp\.experts"):
+        _load(dst)

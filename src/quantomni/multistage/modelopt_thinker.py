@@ -233,6 +233,8 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
                                   f"{state[f'{full}.weight'].dtype}")
         tensors = {s: state[f"{full}.{s}"] for s in ("weight", "weight_scale", "weight_scale_2", "input_scale")
                    if f"{full}.{s}" in state}
+        _validate(full, scheme, {**tensors, **({"bias": state[f"{full}.bias"]} if f"{full}.bias" in state else {})},
+                  lin.out_features, lin.in_features)
         used.update(f"{full}.{s}" for s in tensors)
         bias = state.get(f"{full}.bias")
         if bias is not None:
@@ -257,6 +259,16 @@ def load_prequantized(model_dir: Path, mo: ModelOptConfig, dtype, device, moe_ba
     if plan.quantized_count == 0:
         raise QuantizationError(f"{model_dir}: ModelOpt config found but no thinker layer is stored quantized")
     return model, plan
+
+
+def _validate(name, scheme, tensors, out_features, in_features) -> None:
+    """Names, dtypes, shapes and scale values of one layer against its ModelOpt layout."""
+    from quantomni.formats.modelopt import ModelOptTensorError, validate_layer_tensors
+
+    try:
+        validate_layer_tensors(name, scheme, tensors, out_features, in_features)
+    except ModelOptTensorError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _fuse_split_bf16_experts(model, state) -> None:
@@ -308,6 +320,8 @@ def _assign_plain(model, state, used, dtype, device) -> None:
 def _load_experts(state, used, full, experts, scheme_for, moe_backend) -> QuantMoEExperts:
     n_exp = experts.gate_up_proj.shape[0]
 
+    hidden, inter = experts.down_proj.shape[1], experts.down_proj.shape[2]
+
     def take(e, proj):
         prefix = f"{full}.{e}.{proj}"
         # MIXED_PRECISION names the whole experts module in quantized_layers, others per projection
@@ -315,6 +329,8 @@ def _load_experts(state, used, full, experts, scheme_for, moe_backend) -> QuantM
         if scheme is None or f"{prefix}.weight" not in state:
             raise CheckpointError(f"{prefix}: expected a quantized expert projection in the checkpoint")
         t = state.owner(prefix)
+        out_f, in_f = (hidden, inter) if proj == "down_proj" else (inter, hidden)
+        _validate(prefix, scheme, t, out_f, in_f)
         used.update(f"{prefix}.{s}" for s in t)
         return _FMT.get(scheme.algo), scheme.algo, t
 
@@ -362,5 +378,6 @@ def _stack(fmt, per_expert, act_static, name) -> ExpertWeights:
     if any(has_inp) and not all(has_inp):
         raise CheckpointError(f"{name}: some experts have an input_scale and some do not")
     inp = torch.stack([p[3].float().reshape(()) for p in per_expert]) if all(has_inp) else None
-    act = act_static if inp is not None else "none"
+    # no static input scale: NVFP4 is weight-only (W4A16); FP8 per-channel-per-token is dynamic per token
+    act = act_static if inp is not None else ("fp8_token" if fmt == "fp8" else "none")
     return ExpertWeights(fmt, act, w, s, s2, inp)
