@@ -119,3 +119,29 @@ def test_chat_template_from_processor_json(omni_dir, tmp_path):
     omni = Omni(d, device="cpu", progress=False)
     ids = omni.encode_messages([{"role": "user", "content": "hi"}])
     assert omni.tokenizer.decode(ids).startswith("<|im_start|>user\nhi<|im_end|>")
+
+
+def test_batched_generation_matches_single_sequences(omni_dir):
+    from quantomni import Omni
+
+    omni = Omni(omni_dir, quantization="fp8", device="cpu", progress=False, dtype="float32")
+    convs = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "a much longer question here"}],
+             [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why?"}]]
+    params = [SamplingParams(max_tokens=6, temperature=0, ignore_eos=True),
+              SamplingParams(max_tokens=3, temperature=0, ignore_eos=True),
+              SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)]
+    batch = omni.chat_batch(convs, params)
+    for conv, p, r in zip(convs, params, batch):
+        single = omni.chat(conv, p)
+        assert r.token_ids == single.token_ids and r.text == single.text and r.finish_reason == "length"
+        assert r.prompt_tokens == single.prompt_tokens
+    text = batch[2].text
+    at = next(i for i in range(1, len(text) - 1) if text.find(text[i:i + 2]) == i and "\ufffd" not in text[i:i + 2])
+    stopped = omni.chat_batch(convs, [params[0], params[1], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True,
+                                                                           stop=(text[at:at + 2],))])
+    assert stopped[2].finish_reason == "stop" and stopped[2].text == text[:at]
+    assert stopped[0].token_ids == batch[0].token_ids  # other rows unaffected
+    sampled = [omni.chat_batch(convs, temperature=1.2, seed=7, max_tokens=5, ignore_eos=True) for _ in range(2)]
+    assert [r.token_ids for r in sampled[0]] == [r.token_ids for r in sampled[1]]
+    with pytest.raises(ValueError, match="sampling params"):
+        omni.chat_batch(convs, params[:2])

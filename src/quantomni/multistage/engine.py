@@ -231,6 +231,22 @@ class OmniMultiStage:
         with self._lock:
             yield from self.text.stream(ids, params)
 
+    def chat_batch(self, conversations: list, params: SamplingParams | list[SamplingParams] | None = None,
+                   **kwargs) -> list[TextResult]:
+        """Generate replies for several conversations in one batch (one KV cache, left padding).
+        ``params``: one SamplingParams for all, one per conversation, or None (built from kwargs)."""
+        from quantomni.multistage.batchgen import generate_batch
+
+        if not isinstance(conversations, list) or not conversations:
+            raise ValueError("conversations: expected a non-empty list of message lists")
+        if params is None:
+            params = SamplingParams(**kwargs)
+        plist = list(params) if isinstance(params, (list, tuple)) else [params] * len(conversations)
+        prompts = [self.encode_messages(c) for c in conversations]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.text.eos_ids)
+        with self._lock:
+            return generate_batch(self.text, prompts, plist, pad)
+
     def speak(self, messages, max_tokens: int = 32, talker_max_tokens: int = 64, speaker: str | None = None,
               seed: int | None = None) -> dict[str, Any]:
         """Text + speech through thinker -> talker -> code2wav with transformers' own ``generate``
