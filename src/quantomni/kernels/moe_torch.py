@@ -26,7 +26,8 @@ from collections.abc import Callable
 
 import torch
 
-from quantomni.kernels.nvfp4_ref import E2M1_MAX, E4M3_MAX, E4M3_MIN_SCALE, NVFP4_BLOCK_SIZE, e2m1_round_codes, nvfp4_unpack
+from quantomni.kernels.nvfp4_ref import (E2M1_MAX, E2M1_VALUES, E4M3_MAX, E4M3_MIN_SCALE, NVFP4_BLOCK_SIZE,
+                                         e2m1_round_codes, nvfp4_unpack)
 from quantomni.kernels.quant_ops import quantize_act_fp8, quantize_act_int8
 
 EXPERT_FORMATS = ("fp8", "int8", "nvfp4")
@@ -122,8 +123,6 @@ def _nvfp4_rows(x: torch.Tensor, gs: torch.Tensor) -> torch.Tensor:
     scale = torch.where(scale == 0, torch.ones_like(scale), scale).clamp(E4M3_MIN_SCALE, E4M3_MAX)
     scale = scale.to(torch.float8_e4m3fn).float() * g
     codes = e2m1_round_codes(blocks / scale.unsqueeze(-1))
-    from quantomni.kernels.nvfp4_ref import E2M1_VALUES
-
     vals = E2M1_VALUES.to(x.device)[codes.long()]
     return (vals * scale.unsqueeze(-1)).view(m, k).to(x.dtype)
 

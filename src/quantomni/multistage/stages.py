@@ -97,6 +97,11 @@ def thinker_prequantized_config(model_dir: str | Path, root_config: dict[str, An
         return parse_modelopt_config(raw), where
     side = Path(model_dir) / SIDECAR_JSON
     if side.is_file():
-        raw = json.loads(side.read_text(encoding="utf-8"))
+        try:
+            raw = json.loads(side.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{side}: not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{side}: expected a JSON object, got {type(raw).__name__}")
         return parse_modelopt_config(raw, SIDECAR_JSON), SIDECAR_JSON
     return None
