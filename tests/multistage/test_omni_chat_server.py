@@ -120,3 +120,28 @@ def test_openai_client_audio_output(chat_server):
     bad = httpx.post(handle.url + "/v1/chat/completions", timeout=30, json={
         "messages": [{"role": "user", "content": "x"}], "modalities": ["audio"], "audio": {"voice": "nobody"}})
     assert bad.status_code == 400 and "nobody" in bad.text
+
+
+def test_concurrent_chat_requests_are_batched(omni_dir):
+    """float32 engine: a batched greedy reply equals the single-sequence one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantomni import Omni
+    from quantomni.serve.server import start_background_server
+    from quantomni.serve.settings import ServeSettings
+
+    omni = Omni(omni_dir, quantization="fp8", device="cpu", progress=False, dtype="float32", model_id="tiny32")
+    prompts = [f"question number {i}" + " more" * i for i in range(6)]
+    with start_background_server(omni, ServeSettings(port=0)) as handle:
+        def call(p):
+            r = httpx.post(handle.url + "/v1/chat/completions", timeout=60, json={
+                "messages": [{"role": "user", "content": p}], "max_tokens": 5, "temperature": 0})
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(6) as pool:
+            replies = list(pool.map(call, prompts))
+        sizes = handle.app.state.chat_batcher.batch_sizes
+    assert sum(sizes) == 6 and max(sizes) > 1, sizes
+    for p, reply in zip(prompts, replies):
+        assert reply == omni.chat([{"role": "user", "content": p}], max_tokens=5, temperature=0).text

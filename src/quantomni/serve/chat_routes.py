@@ -1,8 +1,9 @@
 """POST /v1/chat/completions (OpenAI shape, text output, optional SSE streaming).
 
 Added by ``create_app`` only when the engine has a ``chat_stream`` capability (multi-stage omni
-models); image-only engines do not get the route. Generation runs in a worker thread; the engine
-serialises requests with its own lock.
+models); image-only engines do not get the route. Non-streaming requests that arrive together are
+decoded as one batch (``ChatBatcher``, when the engine has ``chat_batch``); streaming ones run in a
+worker thread each; the engine serialises its calls with its own lock.
 """
 
 from __future__ import annotations
@@ -79,7 +80,14 @@ def _params(body: ChatCompletionRequest, default_max_tokens: int):
         raise APIError(400, str(exc), param=str(exc).split(":")[0]) from None
 
 
-def add_chat_routes(app, engine, default_max_tokens: int = 256) -> None:
+def add_chat_routes(app, engine, default_max_tokens: int = 256, max_batch: int = 8) -> None:
+    batcher = None
+    if hasattr(engine, "chat_batch") and max_batch > 1:
+        from .chat_batcher import ChatBatcher
+
+        batcher = ChatBatcher(engine, max_batch=max_batch)
+    app.state.chat_batcher = batcher
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = _parse(await request.body())
@@ -98,7 +106,10 @@ def add_chat_routes(app, engine, default_max_tokens: int = 256) -> None:
             return await _speech(engine, body, messages, params, rid, created)
         if not body.stream:
             try:
-                result = await asyncio.to_thread(engine.chat, messages, params)
+                if batcher is not None:
+                    result = await asyncio.wrap_future(batcher.submit(messages, params))
+                else:
+                    result = await asyncio.to_thread(engine.chat, messages, params)
             except ValueError as exc:
                 raise APIError(400, str(exc)) from None
             return JSONResponse({
