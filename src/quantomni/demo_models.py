@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-DEMO_ARCHS = ("flux", "qwen-image", "sd3")
+DEMO_ARCHS = ("flux", "qwen-image", "sd3", "qwen3-omni")
 
 
 def _byte_vocab() -> list[str]:
@@ -137,7 +137,13 @@ def build_qwen_image():
                              tokenizer=tok)
 
 
-_BUILDERS = {"flux": build_flux, "sd3": build_sd3, "qwen-image": build_qwen_image}
+def build_qwen3_omni():
+    from quantomni.demo_omni_models import build_qwen3_omni as build
+
+    return build()
+
+
+_BUILDERS = {"flux": build_flux, "sd3": build_sd3, "qwen-image": build_qwen_image, "qwen3-omni": build_qwen3_omni}
 
 
 def write_demo_model(out_dir: str | Path, arch: str = "flux", seed: int = 0) -> Path:

@@ -15,7 +15,13 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from quantomni.multistage.stages import is_multistage_dir
     from quantomni.pipeline.inspect import inspect_model
+
+    if is_multistage_dir(args.model):
+        from quantomni.multistage.inspect import run_inspect
+
+        return run_inspect(args)
 
     info = inspect_model(
         args.model, args.quantization, quantization_config_arg(args.quantization_config), args.linear_backend,

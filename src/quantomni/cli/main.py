@@ -16,6 +16,7 @@ _COMMANDS = {
     "compare": ("quantomni.cli.compare", "quality and speed of quantized candidates against a baseline"),
     "serve": ("quantomni.cli.serve", "OpenAI-compatible images server for a (quantized) model"),
     "quantize": ("quantomni.cli.quantize", "write a ModelOpt-layout pre-quantized copy of a pipeline (FP8/NVFP4/mixed)"),
+    "chat": ("quantomni.cli.chat", "text chat with a multi-stage omni model's thinker (e.g. Qwen3-Omni)"),
 }
 
 

@@ -20,6 +20,10 @@ def add_arguments(p):
     p.add_argument("--default-steps", type=int, default=None, help="steps used when a request gives none")
     p.add_argument("--enforce-eager", action="store_true",
                    help="do not capture the denoiser step in CUDA graphs (graphs are the default on CUDA)")
+    p.add_argument("--moe-backend", default="auto", choices=["auto", "torch", "grouped"],
+                   help="multi-stage omni models: MoE experts backend")
+    p.add_argument("--experts-format", default="auto", choices=["auto", "fp8", "int8", "nvfp4", "none"],
+                   help="multi-stage omni models: storage of the experts of a quantized stage")
 
 
 def _settings(args):
@@ -43,11 +47,17 @@ def run(args) -> int:
     import torch
 
     settings = _settings(args)  # validate flags before spending time on loading
-    on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    from quantomni.multistage.stages import is_multistage_dir
+
+    if is_multistage_dir(args.model):
+        extra = {"moe_backend": args.moe_backend, "experts_format": args.experts_format}
+    else:
+        on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        extra = {"cuda_graphs": on_cuda and not args.enforce_eager, "force_cutlass_fp8": args.force_cutlass_fp8}
     omni = Omni(
         args.model, quantization=args.quantization, quantization_config=quantization_config_arg(args.quantization_config),
-        linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model, force_cutlass_fp8=args.force_cutlass_fp8,
-        model_id=args.served_model_name, cuda_graphs=on_cuda and not args.enforce_eager,
+        linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model,
+        model_id=args.served_model_name, **extra,
     )
     run_server(omni, settings)
     return 0

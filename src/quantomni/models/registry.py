@@ -13,6 +13,7 @@ _ADAPTERS: dict[str, str] = {
     "sd3": "quantomni.models.sd3",
     "z-image": "quantomni.models.z_image",
     "wan": "quantomni.models.wan",
+    "qwen3-omni": "quantomni.models.qwen3_omni",
 }
 
 

@@ -78,6 +78,16 @@ class Omni:
     force_cutlass_fp8: run their FP8 layers on the ``scaled_mm`` backend (error below CUDA cc 8.9).
     """
 
+    def __new__(cls, model=None, *args, **kwargs):
+        # A transformers multi-stage omni directory (e.g. Qwen3-Omni) gets its own engine.
+        from quantomni.multistage.stages import is_multistage_dir
+
+        if cls is Omni and model is not None and is_multistage_dir(model):
+            from quantomni.multistage.engine import OmniMultiStage
+
+            return OmniMultiStage(model, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         model: str | Path,

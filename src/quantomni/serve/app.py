@@ -171,9 +171,17 @@ def create_app(engine: ImageEngine, settings: ServeSettings | None = None) -> Fa
             raise _model_not_found(model, engine.model_id)
         return model_card(engine, description, created)
 
+    if hasattr(engine, "chat_stream"):  # text engines (multi-stage omni models)
+        from .chat_routes import add_chat_routes
+
+        add_chat_routes(app, engine)
+
     @app.post("/v1/images/generations")
     async def generate_images(request: Request) -> Response:
         started = time.perf_counter()
+        if getattr(engine, "produces_images", True) is False:
+            raise APIError(400, f"Model {engine.model_id!r} produces text, not images; use POST /v1/chat/completions.",
+                           code="unsupported_endpoint")
         body = parse_generation_body(await request.body())
         if body.model is not None and body.model != engine.model_id:
             raise _model_not_found(body.model, engine.model_id)

@@ -1,0 +1,24 @@
+"""The omni engine on CUDA: FP8 thinker (scaled_mm + grouped experts) against BF16 on the GPU."""
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+PROMPT = "The quick brown fox jumps over the lazy dog. " * 3
+
+
+@pytest.mark.parametrize("spec, kw", [("fp8", {}), ("fp8", {"experts_format": "nvfp4"})])
+def test_quantized_thinker_on_cuda(omni_dir, spec, kw):
+    from omni_test_helpers import logits_agreement
+
+    from quantomni import Omni
+
+    base = Omni(omni_dir, device="cuda", progress=False)
+    ref = base.thinker_logits(PROMPT)
+    omni = Omni(omni_dir, quantization=spec, device="cuda", progress=False, moe_backend="grouped", **kw)
+    assert omni.model.thinker.model.language_model.layers[0].mlp.experts.gate_up.weight.is_cuda
+    rel, top1 = logits_agreement(omni.thinker_logits(PROMPT), ref)
+    assert rel < 0.12 and top1 > 0.85, (rel, top1)
+    r = omni.chat([{"role": "user", "content": "hi"}], max_tokens=8, temperature=0, ignore_eos=True)
+    assert r.completion_tokens == 8
