@@ -88,7 +88,9 @@ def test_every_layer_matches_modelopt_math(modelopt_exports, rng_seed, kind):
                                                                        t["weight"].view(torch.uint8) if t["weight"].dtype != torch.int8 else t["weight"])
         k = layer.in_features
         amax = float(t["input_scale"]) * (448 if kind == "fp8" else 127 if kind == "int8_sq" else 6 * 448) if "input_scale" in t else 1.0
-        x = torch.randn(6, k) * (amax / 3)
+        # inside the calibrated range: static input scales saturate beyond amax by design, and a
+        # few clipped values would make this float comparison flaky (seen at rel. err 0.102)
+        x = (torch.randn(6, k) * (amax / 3)).clamp(-0.99 * amax, 0.99 * amax)
         if "pre_quant_scale" in t:
             x = x / t["pre_quant_scale"].float()  # SmoothQuant divides the activation outliers out
         out = layer(x)
