@@ -12,4 +12,5 @@ python3 -m pytest -q -m gpu -p no:cacheprovider tests/multistage tests/kernels/t
   tests/kernels/test_moe_nvfp4_triton.py 2>&1 | tail -15 | tee "$OUT/omni_gpu_tests.txt"
 timeout 240 python3 benchmarks/bench_omni_decode.py --out "$OUT/omni_decode.json" --commit "$SHA" 2>&1 | tail -12
 timeout 180 python3 benchmarks/bench_omni_decode.py --modes bf16,nvfp4 --nvfp4-expert-dequant triton \
+  --nvfp4-linear quantomni.kernels.nvfp4_triton:nvfp4_w4a16_linear \
   --out "$OUT/omni_decode_triton.json" --commit "$SHA" 2>&1 | tail -8

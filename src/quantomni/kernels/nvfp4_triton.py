@@ -48,3 +48,15 @@ class TritonNvfp4Kernel(LinearKernel):
             return nvfp4_gemv(x, layer.weight, layer.weight_scale, layer.weight_scale_2, layer.bias)
         w = nvfp4_dequantize_bf16(layer.weight, layer.weight_scale, layer.weight_scale_2, x.dtype)
         return F.linear(x, w, layer.bias)
+
+
+def nvfp4_w4a16_linear(x, weight, weight_scale, weight_scale_2, bias=None):
+    """Function form of the backend (benchmarks plug it in): x [M, K] bf16; weight uint8 [N, K/2];
+    weight_scale e4m3 [N, K/16]; weight_scale_2 f32 []; returns [M, N] in x.dtype."""
+
+    class _Layer:
+        pass
+
+    layer = _Layer()
+    layer.weight, layer.weight_scale, layer.weight_scale_2, layer.bias = weight, weight_scale, weight_scale_2, bias
+    return TritonNvfp4Kernel.apply(layer, x)
