@@ -9,9 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory):
     """Factory: demo_model_dir("flux") -> path of a saved tiny pipeline (cached per session)."""
@@ -34,9 +31,3 @@ def rng_seed():
     torch.manual_seed(seed)
     print(f"torch seed {seed}")
     return seed
-
-
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    assert torch.isfinite(out).all(), "output has NaN/Inf"
-    return float((out - ref).norm() / ref.norm())

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import cuda_only, rel_error
+from qo_testing import cuda_only, rel_error
 from quantomni.kernels.base import KernelSelectionError, KernelSpec, select_linear_kernel
 from quantomni.kernels.fp8_torch import fp8_linear_reference
 from quantomni.kernels.int8_torch import int8_linear_reference

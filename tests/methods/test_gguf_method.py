@@ -21,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
 from gguf_fixtures import quantize_array, write_gguf  # noqa: E402
 
-from conftest import rel_error  # noqa: E402
+from qo_testing import rel_error  # noqa: E402
 from quantomni import build_quant_config  # noqa: E402
 from quantomni.config.base import PipelineQuantConfig  # noqa: E402
 from quantomni.errors import CheckpointError  # noqa: E402

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import rel_error
+from qo_testing import rel_error
 from quantomni import build_quant_config
 from quantomni.kernels.base import KernelSpec, select_linear_kernel
 from quantomni.layers.linear import QuantLinear

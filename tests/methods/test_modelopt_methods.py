@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "formats"))
 from modelopt_fixtures import modelopt_exports  # noqa: E402,F401
 
-from conftest import rel_error  # noqa: E402
+from qo_testing import rel_error  # noqa: E402
 from quantomni import build_quant_config  # noqa: E402
 from quantomni.formats.modelopt import ModelOptConfigError, ModelOptTensorError, read_modelopt_config  # noqa: E402
 from quantomni.kernels.base import KernelSelectionError, KernelSpec, select_linear_kernel  # noqa: E402

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import cuda_only, rel_error
+from qo_testing import cuda_only, rel_error
 
 
 def test_cuda_graphs_need_cuda(demo_model_dir):
