@@ -3,7 +3,9 @@
 The stack is transformers' own ``Qwen3OmniMoeThinkerTextModel`` + an LM head with the real
 Qwen3-Omni-30B-A3B thinker sizes (hidden 2048, 32 query / 4 KV heads of 128, 128 experts of
 768, top-8, vocab 151936) and fewer layers (--layers, default 4), random weights. Modes:
-  bf16   — as built;
+  bf16   — as built, transformers' eager experts (a Python loop over experts);
+  bf16_grouped — as built, transformers' grouped_mm experts (the fair BF16 baseline: the quantized
+           modes below also run grouped expert GEMMs);
   fp8    — attention linears FP8 W8A8 (quantomni QuantLinear, best kernel: scaled_mm on H100),
            experts FP8 per-expert/per-channel (QuantMoEExperts, grouped backend);
   nvfp4  — attention linears NVFP4 W4A16 (weight dequant + bf16 matmul), experts NVFP4 W4A16
@@ -47,8 +49,10 @@ TINY = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_d
             num_experts=8, num_experts_per_tok=2, vocab_size=512, intermediate_size=64)
 
 
-def build_stack(dims: dict, layers: int, device, seed: int = 0):
-    """(text model, lm_head) in bf16 on ``device``, random weights (same for a given seed)."""
+def build_stack(dims: dict, layers: int, device, seed: int = 0, experts_impl: str = "eager"):
+    """(text model, lm_head) in bf16 on ``device``, random weights (same for a given seed).
+    experts_impl: transformers' experts implementation ("eager" loops over experts in Python;
+    "grouped_mm" is its grouped GEMM, the fair BF16 baseline for a grouped quantized path)."""
     from transformers.models.qwen3_omni_moe.configuration_qwen3_omni_moe import Qwen3OmniMoeTextConfig
     from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
 
@@ -58,7 +62,7 @@ def build_stack(dims: dict, layers: int, device, seed: int = 0):
             "interleaved": True, "mrope_interleaved": True}
     cfg = Qwen3OmniMoeTextConfig(num_hidden_layers=layers, rope_parameters=rope, max_position_embeddings=4096,
                                  decoder_sparse_step=1, norm_topk_prob=True, **dims)
-    cfg._experts_implementation = "eager"
+    cfg._experts_implementation = experts_impl
     torch.manual_seed(seed)
     with torch.device(device):
         model = Qwen3OmniMoeThinkerTextModel(cfg).to(torch.bfloat16)
@@ -103,7 +107,7 @@ def quantize_stack(model, mode: str, device, moe_backend: str) -> dict:
     from quantomni.layers.moe import QuantMoEExperts
     from quantomni.multistage.moe_quant import fused_experts
 
-    if mode == "bf16":
+    if mode in ("bf16", "bf16_grouped"):
         return {"linears": 0, "experts": 0}
     n_lin = 0
     for layer in model.layers:
@@ -247,7 +251,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     for mode in modes:
         try:
-            model, head = build_stack(dims, layers, device)
+            model, head = build_stack(dims, layers, device,
+                                      experts_impl="grouped_mm" if mode == "bf16_grouped" else "eager")
             info = quantize_stack(model, mode, device, args.moe_backend)
             wb = weight_bytes(model)
         except Exception as exc:
