@@ -121,6 +121,15 @@ class OmniMultiStage:
             finally:
                 tlog.enable_progress_bar()
         model.eval().requires_grad_(False)
+        if not hasattr(model.thinker.model, "language_model"):
+            import transformers
+
+            # Stage scoping, exclusions and ModelOpt names follow the layout with
+            # thinker.model.language_model (transformers >= 5.24); older releases nest it differently.
+            raise RuntimeError(
+                f"Qwen3-Omni support needs transformers >= 5.24 (found {transformers.__version__}, whose thinker has "
+                f"no model.language_model); upgrade with: pip install 'transformers>=5.24'"
+            )
         tok = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
         if not getattr(tok, "chat_template", None):
             tok.chat_template = _processor_chat_template(self.model_dir)
