@@ -20,11 +20,10 @@ from quantomni.config.base import QuantMethodConfig
 from quantomni.errors import CheckpointError
 from quantomni.formats.safetensors_io import find_weight_files
 from quantomni.formats.sources import SafetensorsSource
-from quantomni.layers.linear import QuantLinear
 from quantomni.models.base import ArchitectureAdapter
 from quantomni.pipeline.backends import BackendRequest
 from quantomni.pipeline.plan import ComponentPlan
-from quantomni.pipeline.planner import plan_component, swap_in_quant_linears
+from quantomni.pipeline.planner import plan_component, replace_linear, swap_in_quant_linears
 
 logger = logging.getLogger("quantomni")
 
@@ -181,15 +180,13 @@ def quantize_module_in_place(
     components). Each BF16 Linear is freed as soon as its quantized replacement exists."""
     plan = plan_component(module, component, cfg, adapter, device, dtype, backends)
     for name, (method, kernel) in plan.assignments.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        old = getattr(parent, child)
-        ql = QuantLinear(old.in_features, old.out_features, old.bias is not None, method, name, dtype)
-        ql.kernel = kernel
-        method.load_tensor(ql, "weight", old.weight.detach())
-        if old.bias is not None:
-            method.load_tensor(ql, "bias", old.bias.detach())
-        method.process_weights_after_loading(ql, device)
-        setattr(parent, child, ql)
+        old = module.get_submodule(name)
+        weight, bias = old.weight.detach(), (old.bias.detach() if old.bias is not None else None)
+        ql = replace_linear(module, name, method, kernel, dtype)
         del old
+        method.load_tensor(ql, "weight", weight)
+        if bias is not None:
+            method.load_tensor(ql, "bias", bias)
+        del weight, bias
+        method.process_weights_after_loading(ql, device)
     return plan

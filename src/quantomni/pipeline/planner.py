@@ -50,34 +50,17 @@ def plan_component(
     ignored = compile_patterns(cfg.ignored_layers, f"{cfg.method}.ignored_layers")
     for name, lin in linear_layers(module):
         k, n = lin.in_features, lin.out_features
-        if cfg.prequantized:
-            # The checkpoint already decided which layers are quantized; its weights exist only in that form.
-            why_kept = cfg.checkpoint_layer_reason(name, k, n)
-            if why_kept is not None:
-                records.append(LayerRecord(component, name, k, n, False, None, None, None, f"checkpoint: {why_kept}"))
-                continue
-            method = cfg.get_linear_method(name, k, n)
-            spec = KernelSpec(method.format, k, n, dtype, device, method.scheme)
-            kernel, why = select_linear_kernel(spec, backends.for_format(method.format))
-            assignments[name] = (method, kernel)
-            records.append(LayerRecord(component, name, k, n, True, cfg.method, method.scheme.describe(), kernel.name,
-                                       f"quantized: checkpoint; {why}"))
-            continue
-        hit = first_match(ignored, name)
-        if hit is not None:
-            records.append(LayerRecord(component, name, k, n, False, None, None, None, f"ignored_layers: {hit.text}"))
-            continue
-        sens = adapter.sensitive_match(name) if cfg.skip_sensitive_layers else None
-        if sens is not None:
-            records.append(LayerRecord(component, name, k, n, False, None, None, None, f"sensitive: {adapter.name} {sens.text}"))
+        why_kept = _kept_reason(cfg, adapter, ignored, name, k, n)
+        if why_kept is not None:
+            records.append(LayerRecord(component, name, k, n, False, None, None, None, why_kept))
             continue
         method = cfg.get_linear_method(name, k, n)
         spec = KernelSpec(method.format, k, n, dtype, device, method.scheme)
         kernel, why = select_linear_kernel(spec, backends.for_format(method.format))
         assignments[name] = (method, kernel)
-        records.append(
-            LayerRecord(component, name, k, n, True, cfg.method, method.scheme.describe(), kernel.name, f"quantized: {why}")
-        )
+        source = "checkpoint; " if cfg.prequantized else ""
+        records.append(LayerRecord(component, name, k, n, True, cfg.method, method.scheme.describe(), kernel.name,
+                                   f"quantized: {source}{why}"))
     plan = ComponentPlan(component, class_name, adapter.name, cfg.method, cfg.scheme_name(), records, assignments)
     if plan.quantized_count == 0:
         raise QuantizationError(
@@ -88,15 +71,32 @@ def plan_component(
     return plan
 
 
+def _kept_reason(cfg, adapter, ignored, name: str, k: int, n: int) -> str | None:
+    """Why a layer stays in the model dtype, or None if it is quantized (rules in plan_component)."""
+    if cfg.prequantized:
+        # The checkpoint already decided which layers are quantized; its weights exist only in that form.
+        why = cfg.checkpoint_layer_reason(name, k, n)
+        return None if why is None else f"checkpoint: {why}"
+    hit = first_match(ignored, name)
+    if hit is not None:
+        return f"ignored_layers: {hit.text}"
+    sens = adapter.sensitive_match(name) if cfg.skip_sensitive_layers else None
+    if sens is not None:
+        return f"sensitive: {adapter.name} {sens.text}"
+    return None
+
+
+def replace_linear(module: nn.Module, name: str, method, kernel, dtype: torch.dtype) -> QuantLinear:
+    """Put a QuantLinear (placeholder tensors) where the nn.Linear ``name`` is; returns it."""
+    parent_name, _, child_name = name.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    old = getattr(parent, child_name)
+    ql = QuantLinear(old.in_features, old.out_features, old.bias is not None, method, name, dtype)
+    ql.kernel = kernel
+    setattr(parent, child_name, ql)
+    return ql
+
+
 def swap_in_quant_linears(module: nn.Module, plan: ComponentPlan, dtype: torch.dtype) -> dict[str, QuantLinear]:
     """Replace every planned nn.Linear with a QuantLinear (tensors are placeholders until loaded)."""
-    swapped = {}
-    for name, (method, kernel) in plan.assignments.items():
-        parent_name, _, child_name = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        old = getattr(parent, child_name)
-        ql = QuantLinear(old.in_features, old.out_features, old.bias is not None, method, name, dtype)
-        ql.kernel = kernel
-        setattr(parent, child_name, ql)
-        swapped[name] = ql
-    return swapped
+    return {name: replace_linear(module, name, method, kernel, dtype) for name, (method, kernel) in plan.assignments.items()}
