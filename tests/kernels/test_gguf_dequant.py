@@ -91,25 +91,58 @@ def test_cuda_matches_cpu(qtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("m", [1, 16, 17, 300])
-def test_triton_q8_0_backend_matches_torch_reference(m):
+@pytest.mark.parametrize("qtype_name", ["Q8_0", "Q4_K"])
+def test_triton_gguf_backend_matches_torch_reference(m, qtype_name):
     from quantomni.kernels.gguf_torch import gguf_linear_reference
-    from quantomni.kernels.gguf_triton import TritonGgufQ8Kernel
-    from quantomni.kernels.triton.q8_0_dequant import q8_0_dequantize
+    from quantomni.kernels.gguf_triton import TritonGgufKernel
+    from quantomni.schemes import GgufScheme
 
+    qt = getattr(QT, qtype_name)
     n, k = 96, 512
     w = np.random.randn(n, k).astype(np.float32)
-    packed = torch.from_numpy(quantize_array(w, QT.Q8_0)).cuda()
-    dense = q8_0_dequantize(packed, k, torch.float32)
-    ref_dense = dequantize_gguf(packed, QT.Q8_0, (n, k), dtype=torch.float32)
-    assert torch.equal(dense, ref_dense)
+    packed = torch.from_numpy(quantize_array(w, qt)).cuda()
 
     class L:
         pass
 
     layer = L()
     layer.weight, layer.in_features, layer.out_features = packed, k, n
+    layer.scheme = GgufScheme(qtype_name)
     layer.bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-    out = TritonGgufQ8Kernel.apply(layer, x)
-    ref = gguf_linear_reference(x.float(), packed, QT.Q8_0, n, layer.bias.float())
+    out = TritonGgufKernel.apply(layer, x)
+    ref = gguf_linear_reference(x.float(), packed, qt, n, layer.bias.float())
     assert float((out.float() - ref).norm() / ref.norm()) < 1e-2
+
+
+def _interp(code: str) -> str:
+    import os
+    import subprocess
+    import sys as _sys
+
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join(_sys.path))
+    proc = subprocess.run([_sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("qtype_name,module,fn", [("Q8_0", "q8_0_dequant", "q8_0_dequantize"),
+                                                 ("Q4_K", "q4_k_dequant", "q4_k_dequantize")])
+def test_triton_dequantizers_exact_under_interpreter(qtype_name, module, fn):
+    """The one-pass Triton dequantizers reproduce the torch dequantizer bit for bit (float32 out)."""
+    pytest.importorskip("triton")
+    code = f"""
+import numpy as np, torch
+from gguf_fixtures import quantize_array
+from gguf import GGMLQuantizationType as QT
+from quantomni.kernels.gguf_dequant import dequantize_gguf
+from quantomni.kernels.triton.{module} import {fn}
+rng = np.random.default_rng()
+w = rng.standard_normal((5, 512)).astype(np.float32) * rng.uniform(0.1, 3.0, (5, 1)).astype(np.float32)
+packed = torch.from_numpy(quantize_array(w, QT.{qtype_name}))
+ref = dequantize_gguf(packed, QT.{qtype_name}, (5, 512), dtype=torch.float32)
+out = {fn}(packed, 512, torch.float32)
+assert torch.isfinite(out).all()
+print(float((out - ref).abs().max()))
+"""
+    assert float(_interp(code).strip()) == 0.0

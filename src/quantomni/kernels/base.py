@@ -74,7 +74,7 @@ _KERNELS: dict[str, list[str]] = {
         "quantomni.kernels.int8_torch:TorchInt8Kernel",
     ],
     "gguf": [
-        "quantomni.kernels.gguf_triton:TritonGgufQ8Kernel",
+        "quantomni.kernels.gguf_triton:TritonGgufKernel",
         "quantomni.kernels.gguf_torch:TorchGgufKernel",
     ],
     "nvfp4": [

@@ -40,10 +40,10 @@ def _kernel():
 
 
 def q8_0_dequantize(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """packed: uint8 [N, in_features/32*34] (CUDA, rows contiguous); dtype: bf16/fp16.
+    """packed: uint8 [N, in_features/32*34] (CUDA, or CPU under TRITON_INTERPRET=1); dtype: output dtype.
     Returns dense [N, in_features] in dtype."""
-    if packed.dtype != torch.uint8 or packed.dim() != 2 or not packed.is_cuda:
-        raise ValueError(f"packed: expected a 2-D uint8 CUDA tensor, got {packed.dtype} {tuple(packed.shape)} on {packed.device}")
+    if packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise ValueError(f"packed: expected a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
     if in_features % Q8_0_BLOCK_ELEMS or packed.shape[1] != in_features // Q8_0_BLOCK_ELEMS * Q8_0_BLOCK_BYTES:
         raise ValueError(f"packed: {packed.shape[1]} bytes per row do not hold {in_features} Q8_0 values")
     packed = packed.contiguous()
