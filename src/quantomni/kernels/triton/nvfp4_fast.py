@@ -24,25 +24,23 @@ import triton.language as tl
 
 
 @triton.jit
-def _e2m1_bf16(c):
-    """c: int32 E2M1 codes (0..15) -> bf16 values by bit arithmetic: sign to bit 15; exponent
-    e > 0 -> field e + 126 with the mantissa bit at bit 6; e == 0 is 0 or 0.5 (0x3F00)."""
+def _decode(p, s, BN: tl.constexpr, BK: tl.constexpr):
+    """p: uint8 [BN, BK/2] packed codes; s: uint8 [BN, BK/16] E4M3 scale bytes -> bf16 [BN, BK].
+
+    E2M1 -> bf16 by bit arithmetic: sign to bit 15; exponent e>0 -> field e+126, mantissa bit -> bit 6;
+    e == 0 is 0 or 0.5 (0x3F00). value x block scale has <= 6 significant bits: exact in bf16.
+    """
+    lo = p & 0xF
+    hi = p >> 4
+    c = tl.reshape(tl.join(lo, hi), (BN, BK)).to(tl.int32)  # join puts lo first: low nibble = even column
     sign = (c & 8) << 12
     e = (c >> 1) & 3
     m = c & 1
     bits = tl.where(e == 0, sign | (m * 0x3F00), sign | ((e + 126) << 7) | (m << 6))
-    return bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
-
-
-@triton.jit
-def _decode_halves(p, s):
-    """p: uint8 [BN, BK/2] packed bytes; s: uint8 [BN, BK/2] the E4M3 block-scale byte of each
-    packed byte. Returns (even columns, odd columns) as bf16 [BN, BK/2] each, block scale applied
-    (value x scale has <= 6 significant bits: exact in bf16). No interleaving: callers pair them
-    with the even / odd columns of x, which avoids register shuffles."""
-    c = p.to(tl.int32)
+    val = bits.to(tl.int16).to(tl.bfloat16, bitcast=True)
     scale = s.to(tl.float8e4nv, bitcast=True).to(tl.bfloat16)
-    return _e2m1_bf16(c & 0xF) * scale, _e2m1_bf16(c >> 4) * scale
+    val = tl.reshape(val, (BN, BK // 16, 16)) * tl.reshape(scale, (BN, BK // 16, 1))
+    return tl.reshape(val, (BN, BK))
 
 
 @triton.jit
@@ -54,24 +52,20 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, bias_ptr, M, N, K, str
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
     nmask = rn < N
-    mmask = rm < M
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
-    half = tl.arange(0, BLOCK_K // 2)
     for kk in tl.range(0, K_PER_SPLIT, BLOCK_K, num_stages=3):
         k0 = k_start + kk
-        rb = k0 // 2 + half  # packed byte index = column pair
-        bmask = nmask[:, None] & (rb[None, :] < K // 2)
-        p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=bmask, other=0)
-        s = tl.load(s_ptr + rn[:, None] * stride_sn + (rb // 8)[None, :], mask=bmask, other=0)
-        w_even, w_odd = _decode_halves(p, s)
-        xmask = mmask[:, None] & (rb[None, :] < K // 2)
-        x_even = tl.load(x_ptr + rm[:, None] * stride_xm + (2 * rb)[None, :], mask=xmask, other=0.0)
-        x_odd = tl.load(x_ptr + rm[:, None] * stride_xm + (2 * rb + 1)[None, :], mask=xmask, other=0.0)
-        acc += tl.dot(x_even.to(tl.bfloat16), tl.trans(w_even))
-        acc += tl.dot(x_odd.to(tl.bfloat16), tl.trans(w_odd))
+        rk = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + rm[:, None] * stride_xm + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
+        rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+        p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=nmask[:, None] & (rb[None, :] < K // 2), other=0)
+        rs = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+        s = tl.load(s_ptr + rn[:, None] * stride_sn + rs[None, :], mask=nmask[:, None] & (rs[None, :] < K // 16), other=0)
+        w = _decode(p, s, BLOCK_N, BLOCK_K)
+        acc += tl.dot(x.to(tl.bfloat16), tl.trans(w))
     acc = acc * tl.load(gscale_ptr)
-    omask = mmask[:, None] & nmask[None, :]
+    omask = (rm[:, None] < M) & nmask[None, :]
     optrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
     if ATOMIC:
         tl.atomic_add(optrs, acc, mask=omask)
@@ -80,7 +74,6 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, bias_ptr, M, N, K, str
             acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
         tl.store(optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
 
-
 @triton.jit
 def dequant_kernel(w_ptr, s_ptr, out_ptr, gscale_ptr, N, K, stride_wn, stride_sn, stride_on,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -88,14 +81,16 @@ def dequant_kernel(w_ptr, s_ptr, out_ptr, gscale_ptr, N, K, stride_wn, stride_sn
     k0 = tl.program_id(1) * BLOCK_K
     nmask = rn < N
     rb = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    bmask = nmask[:, None] & (rb[None, :] < K // 2)
-    p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=bmask, other=0)
-    s = tl.load(s_ptr + rn[:, None] * stride_sn + (rb // 8)[None, :], mask=bmask, other=0)
-    w_even, w_odd = _decode_halves(p, s)
-    g = tl.load(gscale_ptr)
-    base = out_ptr + rn[:, None] * stride_on + (2 * rb)[None, :]
-    tl.store(base, (w_even.to(tl.float32) * g).to(out_ptr.dtype.element_ty), mask=bmask)
-    tl.store(base + 1, (w_odd.to(tl.float32) * g).to(out_ptr.dtype.element_ty), mask=bmask)
+    rs = k0 // 16 + tl.arange(0, BLOCK_K // 16)
+    p = tl.load(w_ptr + rn[:, None] * stride_wn + rb[None, :], mask=nmask[:, None] & (rb[None, :] < K // 2), other=0)
+    s = tl.load(s_ptr + rn[:, None] * stride_sn + rs[None, :], mask=nmask[:, None] & (rs[None, :] < K // 16), other=0)
+    w = _decode(p, s, BLOCK_N, BLOCK_K) * tl.load(gscale_ptr)
+    rk = k0 + tl.arange(0, BLOCK_K)
+    tl.store(out_ptr + rn[:, None] * stride_on + rk[None, :], w.to(out_ptr.dtype.element_ty),
+             mask=nmask[:, None] & (rk[None, :] < K))
+
+
+
 
 
 def _kernels():
