@@ -51,3 +51,24 @@ def test_demo_model_and_demo(tmp_path, capsys):
     assert "PSNR vs BF16" in out and "fp8" in out and "int8" in out
     report = json.loads((tmp_path / "d" / "report.json").read_text())
     assert [r["method"] for r in report["rows"]] == ["bf16", "fp8", "int8"]
+
+
+def test_serve_flags_map_to_settings():
+    from quantomni.cli.main import build_parser
+    from quantomni.cli.serve import _settings
+
+    args = build_parser().parse_args(["serve", "some-dir", "--port", "9000", "--api-key", "k", "--max-batch-size", "2",
+                                      "--max-queue", "5", "--request-timeout", "7", "--default-size", "64x64",
+                                      "--default-steps", "3", "--enforce-eager"])
+    s = _settings(args)
+    assert (s.host, s.port, s.api_key, s.max_batch_size, s.max_queue) == ("127.0.0.1", 9000, "k", 2, 5)
+    assert (s.request_timeout_s, s.default_size, s.default_num_inference_steps) == (7.0, "64x64", 3)
+    assert args.enforce_eager
+
+
+def test_set_progress_toggles_the_pipeline_bar(demo_model_dir):
+    from quantomni import Omni
+
+    omni = Omni(demo_model_dir("flux"), device="cpu", progress=True)
+    omni.set_progress(False)
+    assert omni.pipe._progress_bar_config["disable"] is True

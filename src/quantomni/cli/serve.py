@@ -59,5 +59,7 @@ def run(args) -> int:
         linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model,
         model_id=args.served_model_name, **extra,
     )
+    if hasattr(omni, "set_progress"):
+        omni.set_progress(False)  # one progress bar per request would flood the server log
     run_server(omni, settings)
     return 0

@@ -187,6 +187,11 @@ class Omni:
             return 0
         return module_bytes(getattr(self.pipe, self.denoiser_component))
 
+    def set_progress(self, enabled: bool) -> None:
+        """Show or hide the per-call denoising progress bar (servers hide it)."""
+        self.progress = bool(enabled)
+        self.pipe.set_progress_bar_config(disable=not enabled, leave=False)
+
     def component_plan(self, component: str) -> ComponentPlan | None:
         return self.plans.get(component)
 
