@@ -50,6 +50,11 @@ class LinearKernel:
     def can_implement(cls, spec: KernelSpec) -> tuple[bool, str]:
         return True, "any shape"
 
+    @classmethod
+    def prepare(cls) -> None:
+        """One-time set-up once the kernel is chosen for a layer, outside any torch.compile trace
+        (e.g. registering custom ops). Must be idempotent."""
+
     @staticmethod
     def apply(layer, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -84,13 +89,6 @@ _KERNELS: dict[str, list[str]] = {
     ],
     "int8_sq": ["quantomni.kernels.int8_sq:IntMmInt8SqKernel", "quantomni.kernels.int8_sq:TorchInt8SqKernel"],
 }
-
-
-def register_kernel(fmt: str, target: str, *, priority: int | None = None) -> None:
-    entries = _KERNELS.setdefault(fmt, [])
-    if target in entries:
-        return
-    entries.insert(len(entries) if priority is None else priority, target)
 
 
 def kernels_for(fmt: str) -> list[type[LinearKernel]]:
@@ -129,6 +127,7 @@ def select_linear_kernel(spec: KernelSpec, requested: str = "auto") -> tuple[typ
                 f"linear backend {kernel.name!r} cannot implement a {spec.format} layer "
                 f"[{spec.out_features}x{spec.in_features}]: {why}"
             )
+        kernel.prepare()
         return kernel, f"requested by linear_backend={requested!r}"
     reasons = []
     for kernel in kernels_for(spec.format):
@@ -136,6 +135,7 @@ def select_linear_kernel(spec: KernelSpec, requested: str = "auto") -> tuple[typ
         if ok:
             ok, why = kernel.can_implement(spec)
         if ok:
+            kernel.prepare()
             skipped = "; ".join(reasons)
             return kernel, "auto: best available" + (f" (skipped {skipped})" if skipped else "")
         reasons.append(f"{kernel.name}: {why}")

@@ -3,8 +3,6 @@ accumulate the FP8 products in float32 and apply scales in the epilogue. Runs an
 
 from __future__ import annotations
 
-import torch
-
 from quantomni.kernels.base import LinearKernel
 from quantomni.kernels.quant_ops import quantize_act_fp8
 

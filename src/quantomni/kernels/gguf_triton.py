@@ -41,15 +41,18 @@ class TritonGgufKernel(LinearKernel):
         from quantomni.kernels.triton.support import is_supported
 
         ok, why = is_supported("q8_0_mm", device)
-        if ok:  # register custom ops outside any torch.compile trace
-            import importlib
-
-            from quantomni.kernels.triton.torch_ops import register_ops
-
-            register_ops()
-            for module, _, op in _DEQUANT.values():
-                getattr(importlib.import_module(module), op)()
         return ok, why or "Triton GGUF"
+
+    @classmethod
+    def prepare(cls):
+        """Register the custom ops outside any torch.compile trace."""
+        import importlib
+
+        from quantomni.kernels.triton_backends import register_triton_ops
+
+        register_triton_ops()
+        for module, _, op in _DEQUANT.values():
+            getattr(importlib.import_module(module), op)()
 
     @classmethod
     def can_implement(cls, spec: KernelSpec):

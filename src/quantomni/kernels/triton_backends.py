@@ -41,18 +41,24 @@ def _triton_supported(kernel: str, device) -> tuple[bool, str]:
     from quantomni.kernels.triton.support import is_supported
 
     ok, why = is_supported(kernel, device)
-    if ok:
-        # Register the custom ops now, at kernel selection: registering inside torch.compile's
-        # tracing is not allowed.
-        from quantomni.kernels.triton.torch_ops import register_ops
-
-        register_ops()
     return ok, (why or f"Triton {kernel}")
+
+
+def register_triton_ops() -> None:
+    """Custom ops must exist before torch.compile traces a layer (registering inside a trace is
+    not allowed); kernels call this from ``prepare`` at selection time."""
+    from quantomni.kernels.triton.torch_ops import register_ops
+
+    register_ops()
 
 
 class FusedQuantScaledMmFp8Kernel(LinearKernel):
     name = "fused_scaled_mm"
     format = "fp8"
+
+    @classmethod
+    def prepare(cls):
+        register_triton_ops()
 
     @classmethod
     def is_supported(cls, device):
@@ -84,6 +90,10 @@ class FusedQuantScaledMmFp8Kernel(LinearKernel):
 class TritonInt8Kernel(LinearKernel):
     name = "triton"
     format = "int8"
+
+    @classmethod
+    def prepare(cls):
+        register_triton_ops()
 
     @classmethod
     def is_supported(cls, device):

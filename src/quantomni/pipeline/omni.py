@@ -192,9 +192,6 @@ class Omni:
         self.progress = bool(enabled)
         self.pipe.set_progress_bar_config(disable=not enabled, leave=False)
 
-    def component_plan(self, component: str) -> ComponentPlan | None:
-        return self.plans.get(component)
-
     def describe(self) -> dict[str, Any]:
         comps = {}
         for name in self.pipe.components:

@@ -59,6 +59,26 @@ def split_qkv(source: str, shape: tuple[int, ...], prefix: str, names: tuple[str
     return split_rows(source, shape, [(f"{prefix}{t}.{param}", n) for t in names])
 
 
+def convert_bfl_top_and_double(name, shape, top, double, double_qkv):
+    """The part of BFL naming FLUX.1 and FLUX.2 share: top-level tensors, the final modulation
+    (halves swapped for diffusers' norm_out) and double blocks (fused qkv split by rows).
+    Returns (handled, entries); entries is None for an unknown double-block tensor."""
+    if name in top:
+        return True, rename(top[name], name, shape)
+    if name.startswith("final_layer.adaLN_modulation.1."):
+        return True, rename("norm_out.linear." + name.rsplit(".", 1)[1], name, shape, SWAP_HALVES)
+    m = re.fullmatch(r"double_blocks\.(\d+)\.(.+)", name)
+    if not m:
+        return False, None
+    prefix, local = f"transformer_blocks.{m[1]}.", m[2]
+    if local in double:
+        return True, rename(prefix + double[local], name, shape)
+    module, _, param = local.rpartition(".")
+    if module in double_qkv:
+        return True, split_qkv(name, shape, prefix, double_qkv[module], param)
+    return True, None
+
+
 class FluxNameMap(ArchNameMap):
     arch = "flux"
     diffusers_class = "FluxTransformer2DModel"
@@ -71,19 +91,9 @@ class FluxNameMap(ArchNameMap):
     original_signature = ("double_blocks.0.img_mod.lin.weight", "single_blocks.0.linear1.weight")
 
     def convert_original(self, name, shape, shapes):
-        if name in _TOP:
-            return rename(_TOP[name], name, shape)
-        if name.startswith("final_layer.adaLN_modulation.1."):
-            return rename("norm_out.linear." + name.rsplit(".", 1)[1], name, shape, SWAP_HALVES)
-        m = re.fullmatch(r"double_blocks\.(\d+)\.(.+)", name)
-        if m:
-            prefix, local = f"transformer_blocks.{m[1]}.", m[2]
-            if local in _DOUBLE:
-                return rename(prefix + _DOUBLE[local], name, shape)
-            module, _, param = local.rpartition(".")
-            if module in _DOUBLE_QKV:
-                return split_qkv(name, shape, prefix, _DOUBLE_QKV[module], param)
-            return None
+        done, entries = convert_bfl_top_and_double(name, shape, _TOP, _DOUBLE, _DOUBLE_QKV)
+        if done:
+            return entries
         m = re.fullmatch(r"single_blocks\.(\d+)\.(.+)", name)
         if m:
             prefix, local = f"single_transformer_blocks.{m[1]}.", m[2]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-from .base import SWAP_HALVES, ArchNameMap, rename, with_params
-from .flux import split_qkv
+from .base import ArchNameMap, rename, with_params
+from .flux import convert_bfl_top_and_double
 
 _PARAMS = ("weight", "bias")  # FLUX.2 layers have no biases, but accept them if present
 _TOP = with_params({
@@ -57,19 +57,9 @@ class Flux2NameMap(ArchNameMap):
     original_signature = ("double_stream_modulation_img.lin.weight", "single_blocks.0.linear1.weight")
 
     def convert_original(self, name, shape, shapes):
-        if name in _TOP:
-            return rename(_TOP[name], name, shape)
-        if name.startswith("final_layer.adaLN_modulation.1."):
-            return rename("norm_out.linear." + name.rsplit(".", 1)[1], name, shape, SWAP_HALVES)
-        m = re.fullmatch(r"double_blocks\.(\d+)\.(.+)", name)
-        if m:
-            prefix, local = f"transformer_blocks.{m[1]}.", m[2]
-            if local in _DOUBLE:
-                return rename(prefix + _DOUBLE[local], name, shape)
-            module, _, param = local.rpartition(".")
-            if module in _DOUBLE_QKV:
-                return split_qkv(name, shape, prefix, _DOUBLE_QKV[module], param)
-            return None
+        done, entries = convert_bfl_top_and_double(name, shape, _TOP, _DOUBLE, _DOUBLE_QKV)
+        if done:
+            return entries
         m = re.fullmatch(r"single_blocks\.(\d+)\.(.+)", name)
         if m and m[2] in _SINGLE:
             return rename(f"single_transformer_blocks.{m[1]}.{_SINGLE[m[2]]}", name, shape)
