@@ -10,7 +10,9 @@ Variants: `bf16`; `fp8`/`int8` = quantomni online quantization (adapter-sensitiv
 BF16), optionally `fp8@BACKEND` to force a kernel; `torchao-fp8` = torchao
 Float8DynamicActivationFloat8WeightConfig(PerRow) on the same layers.
 Modes: `eager`; `graph` (eager kernels captured in one CUDA graph); `compiled` (diffusers'
-regional compilation of the repeated blocks, fullgraph=True; a graph break is recorded as an error).
+regional compilation of the repeated blocks, fullgraph=True; a graph break is recorded as an error);
+`compiled+graph` (the compiled step captured in one CUDA graph: no per-kernel launch cost, as a
+server replaying a captured step runs it).
 
     PYTHONPATH=src python benchmarks/bench_flux_step.py --depth full --out step.json --commit abc123
 """
@@ -142,35 +144,74 @@ def time_fn(fn, warmup: int, iters: int) -> list[float]:
     return times
 
 
+CATEGORIES = (  # (category, substrings of CUDA kernel names), first match wins
+    ("attention", ("flash", "fmha", "attention", "sdpa", "attn")),
+    ("w8a8/quant (triton)", ("quant",)),
+    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "_mm_kernel", "wgmma", "sm90")),
+)
+
+
+def kernel_breakdown(fn, steps: int = 2) -> dict:
+    """CUDA kernel time per step by category (torch.profiler), plus the 12 costliest kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    per_kernel = {}
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", 0) or 0
+        if t > 0:
+            per_kernel[evt.key] = per_kernel.get(evt.key, 0.0) + t / 1e3 / steps
+    cats = {}
+    for name, ms in per_kernel.items():
+        low = name.lower()
+        cat = next((c for c, keys in CATEGORIES if any(k in low for k in keys)), "other")
+        cats[cat] = cats.get(cat, 0.0) + ms
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
+    return {"ms_per_step_by_category": cats, "top_kernels_ms": [[k[:120], v] for k, v in top]}
+
+
 def run_mode(model, inputs, mode: str, warmup: int, iters: int):
     info = {}
-    if mode == "eager":
-        fn = lambda: model(**inputs)[0]  # noqa: E731
-    elif mode == "graph":
-        static_out = None
+    call = lambda: model(**inputs)[0]  # noqa: E731
+    if mode in ("compiled", "compiled+graph"):
+        t0 = time.perf_counter()
+        model.compile_repeated_blocks(fullgraph=True)
+        call()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        info["compile_s"] = time.perf_counter() - t0
+    elif mode not in ("eager", "graph"):
+        raise ValueError(mode)
+    fn = call
+    if mode in ("graph", "compiled+graph"):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):
-                model(**inputs)
+                call()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            static_out = model(**inputs)[0]
+            static_out = call()
         fn = lambda: (graph.replay(), static_out)[1]  # noqa: E731
-    elif mode == "compiled":
-        t0 = time.perf_counter()
-        model.compile_repeated_blocks(fullgraph=True)
-        fn = lambda: model(**inputs)[0]  # noqa: E731
-        fn()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        info["compile_s"] = time.perf_counter() - t0
-    else:
-        raise ValueError(mode)
     out = fn().float()
     times = time_fn(fn, warmup, iters)
+    info["fn"] = fn
     return out, times, info
+
+
+def sdpa_context(name: str):
+    import contextlib
+
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+                        "efficient": SDPBackend.EFFICIENT_ATTENTION}[name])
 
 
 def main() -> int:
@@ -183,6 +224,9 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out", default="flux_step.json")
     ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--profile", action="store_true", help="also record CUDA kernel time by category per step")
+    ap.add_argument("--sdpa", default="default", choices=["default", "cudnn", "flash", "efficient"],
+                    help="SDPA backend for every variant (same for all: a fair comparison)")
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
@@ -197,16 +241,20 @@ def main() -> int:
                 model = build_model(args.depth)
                 desc, nq = quantize(model, variant)
                 row.update(description=desc, quantized_layers=nq, weight_bytes=weight_bytes(model))
-                with torch.inference_mode():
+                with torch.inference_mode(), sdpa_context(args.sdpa):
                     out, times, info = run_mode(model, inputs, mode, args.warmup, args.iters)
+                    if args.profile and DEVICE == "cuda":
+                        row["profile"] = kernel_breakdown(info.pop("fn"))
+                info.pop("fn", None)
                 row.update(info)
                 row["ms_median"] = statistics.median(times)
                 row["ms_min"] = min(times)
                 row["finite"] = bool(torch.isfinite(out).all())
-                if variant == "bf16" and mode == "eager":
-                    ref["out"] = out
-                if "out" in ref:
-                    row["rel_err_vs_bf16"] = float((out - ref["out"]).norm() / ref["out"].norm())
+                if variant == "bf16":
+                    ref.setdefault("eager", out) if mode == "eager" else ref.setdefault(mode, out)
+                base_out = ref.get("eager", ref.get(mode))  # BF16 eager, else BF16 in this mode
+                if base_out is not None:
+                    row["rel_err_vs_bf16"] = float((out - base_out).norm() / base_out.norm())
             except Exception as exc:  # record and continue: one failure must not lose the run
                 row["error"] = f"{type(exc).__name__}: {exc}"[:2000]
                 traceback.print_exc()
@@ -222,7 +270,7 @@ def main() -> int:
             r["speedup_vs_bf16_same_mode"] = base[r["mode"]] / r["ms_median"]
     meta = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": args.commit,
-            "depth": args.depth, "timer": "CUDA events, median of iters after warmup"}
+            "depth": args.depth, "sdpa": args.sdpa, "timer": "CUDA events, median of iters after warmup"}
     try:
         import torchao
 
@@ -239,6 +287,10 @@ def main() -> int:
                   f"{r.get('rel_err_vs_bf16', float('nan')):8.4f} {r['weight_bytes'] / 2**30:6.2f}  {('compile %.0fs' % r['compile_s']) if 'compile_s' in r else ''}")
         else:
             print(f"{r['variant']:22s} {r['mode']:9s} ERROR {r.get('error', '')[:150]}")
+    for r in rows:
+        if "profile" in r:
+            cats = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["profile"]["ms_per_step_by_category"].items()))
+            print(f"profile {r['variant']} {r['mode']}: {cats} (ms/step)")
     return 0
 
 

@@ -1,7 +1,9 @@
 """NVFP4 (W4A16) on Hopper: quantomni's Triton decode-GEMV (M <= 16) and dequantize + cuBLAS
-(large M) against BF16 `F.linear`, the reference torch path and the tiled Triton W4A16 GEMM, in one
-run. FLUX-width shapes plus Qwen3-Omni-thinker-like shapes; checks every output against the
-float64 dequantize-then-matmul reference (relative L2 error; NaN fails).
+(large M) against BF16 `F.linear` and the reference torch path, in one run. FLUX-width shapes plus
+Qwen3-Omni-thinker-like shapes; checks every output against the float64 dequantize-then-matmul
+reference (relative L2 error; NaN fails). Weights rotate over copies larger than L2 (as a model's
+layers do) for both BF16 and NVFP4; "eager" = back-to-back calls timed with events, "graph" = the
+same calls replayed from one CUDA graph (how a captured decode step runs them).
 
     PYTHONPATH=src python benchmarks/bench_nvfp4.py --out nvfp4.json --commit abc123
 """
@@ -16,14 +18,17 @@ import sys
 import torch
 import torch.nn.functional as F
 
-SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (3072, 15360), (2048, 768), (768, 2048)]
+SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072), (3072, 15360), (2048, 768), (768, 2048), (2048, 6144)]
 MS = [1, 16, 4608]
 
 
-def bench(fn):
-    from triton.testing import do_bench
+def timing():
+    import os
 
-    return do_bench(fn, warmup=10, rep=40, return_mode="median")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from sweep_weight_kernels import copies_for, time_calls
+
+    return copies_for, time_calls
 
 
 def main() -> int:
@@ -40,54 +45,52 @@ def main() -> int:
     class L:
         pass
 
+    copies_for, time_calls = timing()
     for k, n in SHAPES:
         w = torch.randn(n, k, device="cuda") / k**0.5
         packed, ws, ws2 = nvfp4_quantize(w)
-        layer = L()
-        layer.weight, layer.weight_scale, layer.weight_scale_2, layer.bias = packed, ws, ws2, None
         w_deq = nvfp4_dequantize(packed, ws, ws2, torch.float64)
         w_bf16 = w.to(torch.bfloat16)
+        layers = []
+        for i in range(copies_for(packed.numel())):
+            layer = L()
+            layer.weight, layer.weight_scale = (packed, ws) if i == 0 else (packed.clone(), ws.clone())
+            layer.weight_scale_2, layer.bias = ws2, None
+            layers.append(layer)
+        dense = [w_bf16] + [w_bf16.clone() for _ in range(copies_for(w_bf16.numel() * 2) - 1)]
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = (x.double() @ w_deq.t())
             row = {"M": m, "K": k, "N": n}
-            variants = {
-                "bf16": lambda: F.linear(x, w_bf16),
-                "quantomni_triton": lambda: TritonNvfp4Kernel.apply(layer, x),
-                "torch_reference": lambda: nvfp4_linear_reference(x, packed, ws, ws2, None, None),
-            }
-            try:
-                from quantomni.kernels.triton.nvfp4_gemm import nvfp4_w4a16_mm
-
-                variants["triton_tiled_w4a16"] = lambda: nvfp4_w4a16_mm(x, packed, ws, ws2.reshape(1).float(), None, torch.bfloat16)
-            except Exception as exc:  # pragma: no cover
-                row["tiled_import_error"] = str(exc)
-            for name, fn in variants.items():
+            out = TritonNvfp4Kernel.apply(layers[0], x)
+            row["quantomni_triton_rel_err"] = float((out.double() - ref).norm() / ref.norm()) if torch.isfinite(out).all() else float("nan")
+            out = nvfp4_linear_reference(x, packed, ws, ws2, None, None)
+            row["torch_reference_rel_err"] = float((out.double() - ref).norm() / ref.norm())
+            for graph in (False, True):
+                mode = "graph" if graph else "eager"
                 try:
-                    out = fn()
-                    if name != "bf16":
-                        err = float((out.double() - ref).norm() / ref.norm())
-                        row[f"{name}_rel_err"] = err if torch.isfinite(out).all() else float("nan")
-                    row[f"{name}_ms"] = bench(fn)
+                    row[f"bf16_{mode}_ms"] = time_calls([lambda d=d: F.linear(x, d) for d in dense], graph)
+                    row[f"quantomni_triton_{mode}_ms"] = time_calls(
+                        [lambda lyr=lyr: TritonNvfp4Kernel.apply(lyr, x) for lyr in layers], graph)
+                    row[f"x_bf16_{mode}"] = row[f"bf16_{mode}_ms"] / row[f"quantomni_triton_{mode}_ms"]
                 except Exception as exc:
-                    row[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
-            for name in variants:
-                if f"{name}_ms" in row and name != "bf16":
-                    row[f"{name}_x_bf16"] = row["bf16_ms"] / row[f"{name}_ms"]
+                    row[f"{mode}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+            if m <= 16:
+                row["torch_reference_eager_ms"] = time_calls([lambda: nvfp4_linear_reference(x, packed, ws, ws2, None, None)], False)
             row["weight_bytes_ratio"] = (packed.numel() + ws.numel() + 4) / (w_bf16.numel() * 2)
             rows.append(row)
             print(json.dumps(row), flush=True)
+        del layers, dense
     meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": args.commit,
-            "timer": "triton.testing.do_bench median"}
+            "timer": "CUDA events, median of 20; weights rotated over >= 256 MiB of copies; eager and CUDA-graph"}
     json.dump({"meta": meta, "rows": rows}, open(args.out, "w"), indent=1)
     print(f"\n{meta['device']} torch {meta['torch']} commit {args.commit}")
-    print(f"{'M':>5} {'K':>6} {'N':>6} {'bf16 ms':>8} {'ours ms':>8} {'x bf16':>7} {'err':>8} {'tiled x':>8} {'torch x':>8}")
+    print(f"{'M':>5} {'K':>6} {'N':>6} {'bf16 e/g us':>14} {'ours e/g us':>14} {'x bf16 e/g':>11} {'err':>8}")
     for r in rows:
-        print(f"{r['M']:>5} {r['K']:>6} {r['N']:>6} {r.get('bf16_ms', float('nan')):8.4f} {r.get('quantomni_triton_ms', float('nan')):8.4f} "
-              f"{r.get('quantomni_triton_x_bf16', float('nan')):7.2f} {r.get('quantomni_triton_rel_err', float('nan')):8.1e} "
-              f"{r.get('triton_tiled_w4a16_x_bf16', float('nan')):8.2f} {r.get('torch_reference_x_bf16', float('nan')):8.2f}"
-              + (f"  ERR {r.get('quantomni_triton_error')}" if 'quantomni_triton_error' in r else ""))
+        print(f"{r['M']:>5} {r['K']:>6} {r['N']:>6} {r.get('bf16_eager_ms', float('nan')) * 1e3:6.1f}/{r.get('bf16_graph_ms', float('nan')) * 1e3:6.1f} "
+              f"{r.get('quantomni_triton_eager_ms', float('nan')) * 1e3:6.1f}/{r.get('quantomni_triton_graph_ms', float('nan')) * 1e3:6.1f} "
+              f"{r.get('x_bf16_eager', float('nan')):5.2f}/{r.get('x_bf16_graph', float('nan')):4.2f} {r.get('quantomni_triton_rel_err', float('nan')):8.1e}")
     return 0
 
 

@@ -143,6 +143,30 @@ packed = torch.from_numpy(quantize_array(w, QT.{qtype_name}))
 ref = dequantize_gguf(packed, QT.{qtype_name}, (5, 512), dtype=torch.float32)
 out = {fn}(packed, 512, torch.float32)
 assert torch.isfinite(out).all()
+assert torch.equal({fn}(packed, 512, torch.float16), ref.half())  # 16-bit output: two values per word
 print(float((out - ref).abs().max()))
 """
     assert float(_interp(code).strip()) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("qtype_name,module,fn", [("Q8_0", "q8_0_dequant", "q8_0_dequantize"),
+                                                 ("Q4_K", "q4_k_dequant", "q4_k_dequantize")])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("rows,k", [(37, 768), (1, 256), (130, 3072)])
+def test_triton_dequantizers_match_torch_on_gpu(qtype_name, module, fn, dtype, rows, k):
+    """Flat-run dequantizers (two values per 32-bit store for 16-bit outputs): every element equals
+    the torch dequantizer's float32 value rounded to the output dtype; no element left unwritten."""
+    import importlib
+
+    from gguf import GGMLQuantizationType as QT
+    from gguf_fixtures import quantize_array
+
+    qt = getattr(QT, qtype_name)
+    w = np.random.randn(rows, k).astype(np.float32) * np.random.uniform(0.1, 3.0, (rows, 1)).astype(np.float32)
+    packed = torch.from_numpy(quantize_array(w, qt)).cuda()
+    ref = dequantize_gguf(packed, qt, (rows, k), dtype=torch.float32).to(dtype)
+    out = getattr(importlib.import_module(f"quantomni.kernels.triton.{module}"), fn)(packed, k, dtype)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert torch.equal(out, ref)

@@ -16,7 +16,7 @@ def test_selection_on_cpu_falls_to_torch_with_reason():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("m", [1, 5, 16, 17, 300])
-@pytest.mark.parametrize("k,n", [(64, 32), (3072, 1536), (768, 2048)])
+@pytest.mark.parametrize("k,n", [(64, 32), (128, 33), (3072, 1536), (768, 2048)])
 def test_triton_nvfp4_matches_reference(m, k, n):
     from quantomni.kernels.nvfp4_ref import nvfp4_dequantize, nvfp4_quantize
     from quantomni.kernels.nvfp4_triton import TritonNvfp4Kernel

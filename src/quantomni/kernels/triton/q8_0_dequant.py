@@ -1,9 +1,9 @@
 """One-pass GGUF Q8_0 dequantization to bf16/fp16 (Triton), feeding a cuBLAS GEMM at large M.
 
 Q8_0 block = 34 bytes: float16 scale d, then 32 int8 codes q; value = d * q. Each program expands
-BLOCKS_PER_PROG blocks of one row. The row's bytes are read once (1.06 bytes per weight) and the
-dense weight written once (2 bytes per weight): memory-bound, ~3x less traffic than the multi-op
-torch path.
+a run of consecutive blocks of the flat weight (rows are contiguous). The packed bytes are read
+once (1.06 bytes per weight, as 2-byte words: a block is only 2-byte aligned) and the dense weight
+written once (2 bytes per weight, two values per 32-bit store): memory-bound.
 """
 
 from __future__ import annotations
@@ -22,39 +22,54 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def q8_0_dequant_kernel(p16, p8, out, row_stride16, row_stride8, out_stride, n_blocks,
-                            BLOCKS: tl.constexpr):
-        row = tl.program_id(0)
-        b0 = tl.program_id(1) * BLOCKS
-        blocks = b0 + tl.arange(0, BLOCKS)
+    def q8_0_dequant_kernel(p16, out, n_blocks, BLOCKS: tl.constexpr, PAIRS: tl.constexpr, FP16: tl.constexpr):
+        """The packed rows are contiguous, so the weight is one flat run of blocks: program i expands
+        blocks [i*BLOCKS, (i+1)*BLOCKS). Block b = 17 int16 words: the scale, then 16 words of two codes
+        each (low byte = even column). PAIRS (16-bit output): out is the int32 view of the dense weight
+        and each code word becomes one output word (two values); else out is float32."""
+        blocks = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)
         bmask = blocks < n_blocks
-        d = tl.load(p16 + row * row_stride16 + blocks * 17, mask=bmask, other=0)
-        d = d.to(tl.float16, bitcast=True).to(tl.float32)
-        j = tl.arange(0, 32)
-        q = tl.load(p8 + row * row_stride8 + blocks[:, None] * 34 + 2 + j[None, :], mask=bmask[:, None], other=0)
-        vals = q.to(tl.float32) * d[:, None]
-        cols = blocks[:, None] * 32 + j[None, :]
-        tl.store(out + row * out_stride + cols, vals.to(out.dtype.element_ty), mask=bmask[:, None])
+        d = tl.load(p16 + blocks * 17, mask=bmask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+        j = tl.arange(0, 16)
+        w = tl.load(p16 + blocks[:, None] * 17 + 1 + j[None, :], mask=bmask[:, None], other=0).to(tl.int32)
+        lo = ((w << 24) >> 24).to(tl.float32) * d[:, None]  # sign-extended low byte
+        hi = (w >> 8).to(tl.float32) * d[:, None]  # arithmetic shift of the sign-extended word
+        if PAIRS:
+            if FP16:
+                lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True)
+                hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True)
+            else:
+                lo16 = lo.to(tl.bfloat16).to(tl.int16, bitcast=True)
+                hi16 = hi.to(tl.bfloat16).to(tl.int16, bitcast=True)
+            word = (lo16.to(tl.int32) & 0xFFFF) | (hi16.to(tl.int32) << 16)
+            tl.store(out + blocks[:, None] * 16 + j[None, :], word, mask=bmask[:, None])
+        else:
+            col = blocks[:, None] * 32 + 2 * j[None, :]
+            tl.store(out + col, lo, mask=bmask[:, None])
+            tl.store(out + col + 1, hi, mask=bmask[:, None])
 
     return triton, q8_0_dequant_kernel
 
 
-def q8_0_dequantize(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """packed: uint8 [N, in_features/32*34] (CUDA, or CPU under TRITON_INTERPRET=1); dtype: output dtype.
-    Returns dense [N, in_features] in dtype."""
+def q8_0_dequantize(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.bfloat16, *,
+                    blocks: int = 256, num_warps: int = 8) -> torch.Tensor:
+    """packed: uint8 [N, in_features/32*34] (CUDA, or CPU under TRITON_INTERPRET=1); dtype: output
+    dtype (bf16, fp16 or fp32). Returns dense [N, in_features]. ``blocks``: Q8_0 blocks per program."""
     if packed.dtype != torch.uint8 or packed.dim() != 2:
         raise ValueError(f"packed: expected a 2-D uint8 tensor, got {packed.dtype} {tuple(packed.shape)}")
     if in_features % Q8_0_BLOCK_ELEMS or packed.shape[1] != in_features // Q8_0_BLOCK_ELEMS * Q8_0_BLOCK_BYTES:
         raise ValueError(f"packed: {packed.shape[1]} bytes per row do not hold {in_features} Q8_0 values")
+    if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"dtype: bf16, fp16 or fp32, got {dtype}")
     packed = packed.contiguous()
     n = packed.shape[0]
-    n_blocks = in_features // Q8_0_BLOCK_ELEMS
+    n_blocks = n * (in_features // Q8_0_BLOCK_ELEMS)
     out = torch.empty(n, in_features, device=packed.device, dtype=dtype)
     triton, kernel = _kernel()
-    blocks = 16
-    grid = (n, triton.cdiv(n_blocks, blocks))
-    kernel[grid](packed.view(torch.int16), packed.view(torch.int8), out, packed.stride(0) // 2, packed.stride(0),
-                 out.stride(0), n_blocks, BLOCKS=blocks)
+    pairs = dtype != torch.float32
+    kernel[(triton.cdiv(n_blocks, blocks),)](packed.view(torch.int16), out.view(torch.int32) if pairs else out,
+                                             n_blocks, BLOCKS=blocks, PAIRS=pairs, FP16=dtype == torch.float16,
+                                             num_warps=num_warps)
     return out
 
 
