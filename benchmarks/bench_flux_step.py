@@ -147,7 +147,7 @@ def time_fn(fn, warmup: int, iters: int) -> list[float]:
 CATEGORIES = (  # (category, substrings of CUDA kernel names), first match wins
     ("attention", ("flash", "fmha", "attention", "sdpa", "attn")),
     ("w8a8/quant (triton)", ("quant",)),
-    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "_mm_kernel", "wgmma", "sm90")),
+    ("gemm", ("gemm", "xmma", "cutlass", "nvjet", "scaled_mm", "_mm_kernel", "wgmma", "sm90", "tma_kernel")),
 )
 
 
