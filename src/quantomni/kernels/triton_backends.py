@@ -106,7 +106,9 @@ class TritonInt8Kernel(LinearKernel):
     def can_implement(cls, spec: KernelSpec):
         if spec.dtype not in (torch.bfloat16, torch.float16):
             return False, f"outputs bfloat16/float16, model dtype is {spec.dtype}"
-        return True, "Triton int8 GEMM with fused epilogue"
+        tma = spec.device.type == "cuda" and torch.cuda.get_device_capability(spec.device) >= (9, 0)
+        return True, ("Triton int8 GEMM with fused epilogue (persistent TMA kernel for M >= 128 on sm_90+)"
+                      if tma else "Triton int8 GEMM with fused epilogue")
 
     @staticmethod
     def apply(layer, x):
