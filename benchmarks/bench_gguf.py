@@ -124,24 +124,16 @@ LAYER_COPIES = 4  # layers timed round-robin over copies of their weights: not s
 
 
 def time_layer_calls(calls, device, reps: int) -> float:
-    """Per-call ms of ``calls`` run back to back: on CUDA timed with events (launch overhead
-    overlaps the GPU work, as inside a model; median of ``reps`` rounds); elsewhere wall time."""
+    """Per-call ms of ``calls`` run back to back: on CUDA the shared event timer of
+    sweep_weight_kernels.py (launch overhead overlaps the GPU work, as inside a model); elsewhere
+    wall time."""
     with torch.inference_mode():
         if device.type != "cuda":
             return time_ms(lambda: [c() for c in calls], device, reps=reps) / len(calls)
-        for c in calls:
-            c()
-        torch.cuda.synchronize(device)
-        times = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            for c in calls:
-                c()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / len(calls))
-    return statistics.median(times)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from sweep_weight_kernels import time_calls
+
+        return time_calls(calls, graph=False, reps=reps)
 
 
 def rel_err(out, ref) -> float:
