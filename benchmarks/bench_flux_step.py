@@ -232,6 +232,24 @@ def main() -> int:
     DEVICE = args.device
     inputs = make_inputs(args.depth)
     rows, ref = [], {}
+    meta = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": args.commit,
+            "depth": args.depth, "sdpa": args.sdpa, "timer": "CUDA events, median of iters after warmup"}
+    try:
+        import torchao
+
+        meta["torchao"] = torchao.__version__
+    except Exception:
+        meta["torchao"] = None
+
+    def save():  # after every row: a run cut short by a time limit keeps what it measured
+        base = {r["mode"]: r["ms_median"] for r in rows if r["variant"] == "bf16" and "ms_median" in r}
+        for r in rows:
+            if "ms_median" in r and r["mode"] in base:
+                r["speedup_vs_bf16_same_mode"] = base[r["mode"]] / r["ms_median"]
+        with open(args.out, "w") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
             row = {"variant": variant, "mode": mode, "depth": args.depth}
@@ -263,22 +281,9 @@ def main() -> int:
                 gc.collect()
                 torch.cuda.empty_cache()
             rows.append(row)
+            save()
             print(json.dumps({k: v for k, v in row.items() if k != "description"}), flush=True)
-    base = {r["mode"]: r["ms_median"] for r in rows if r["variant"] == "bf16" and "ms_median" in r}
-    for r in rows:
-        if "ms_median" in r and r["mode"] in base:
-            r["speedup_vs_bf16_same_mode"] = base[r["mode"]] / r["ms_median"]
-    meta = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": args.commit,
-            "depth": args.depth, "sdpa": args.sdpa, "timer": "CUDA events, median of iters after warmup"}
-    try:
-        import torchao
-
-        meta["torchao"] = torchao.__version__
-    except Exception:
-        meta["torchao"] = None
-    with open(args.out, "w") as fh:
-        json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+    save()
     print(f"\n{meta['device']}, torch {meta['torch']}, depth {args.depth}, commit {args.commit}")
     print(f"{'variant':22s} {'mode':9s} {'ms':>8s} {'x BF16':>7s} {'rel err':>8s} {'GiB':>6s}  note")
     for r in rows:

@@ -1,10 +1,21 @@
 """Triton NVFP4 backend (Hopper weight-dequantizing path) against the float64 reference."""
 
+import os
+import sys
+
 import pytest
 import torch
 
 from quantomni.kernels.base import KernelSpec, select_linear_kernel
 from quantomni.schemes import Nvfp4Scheme
+
+
+def test_gemv_interpreter_cases():
+    pytest.importorskip("triton")
+    sys.path.insert(0, os.path.dirname(__file__))
+    from triton_kernel_refs import run_interpreter_cases
+
+    run_interpreter_cases("nvfp4_gemv_cases.py")
 
 
 def test_selection_on_cpu_falls_to_torch_with_reason():

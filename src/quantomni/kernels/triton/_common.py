@@ -5,6 +5,7 @@ each kernel module builds its jitted functions the first time a wrapper is calle
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -102,3 +103,35 @@ def scale_vector(name: str, s, length: int, device) -> torch.Tensor:
             f"{name} has shape {tuple(s.shape)}; expected [{length}], [{length}, 1], [1, {length}] or a single value"
         )
     return s.reshape(-1)
+
+
+_WORKSPACES: dict = {}
+
+
+def fixup_workspace(device, mn: int, n: int):
+    """Zeroed fp32 [>= M*N] accumulator and int32 [>= N tiles] arrival counters for split-K kernels
+    with an in-kernel fix-up, reused across calls.
+
+    The kernels leave both zeroed after every launch, so no memset runs per call. Allocated on the
+    first call: warm up before CUDA-graph capture. Launches on concurrent streams must not share a
+    device (one stream per device, as the engine runs).
+    """
+    key = (device.type, device.index)
+    acc, cnt = _WORKSPACES.get(key, (None, None))
+    if acc is None or acc.numel() < mn or cnt.numel() < n:
+        acc = torch.zeros(max(mn, 1 << 16), dtype=torch.float32, device=device)
+        cnt = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
+        _WORKSPACES[key] = (acc, cnt)
+    return acc, cnt
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached); 4 for the CPU interpreter."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())

@@ -20,9 +20,13 @@ multiply-reduce instead of a 16-row padded MMA.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import triton
 import triton.language as tl
+
+from quantomni.kernels.triton._common import fixup_workspace, num_sms
 
 # Imported only when the Triton NVFP4 backend runs (kernels/nvfp4_triton.py imports this lazily).
 
@@ -44,12 +48,21 @@ def _e2m1_hi(p):
 
 
 @triton.jit
-def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, bias_ptr, M, N, K, stride_xm, stride_wn, stride_sn,
-                stride_om, K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr,
-                USE_DOT: tl.constexpr, DOT_F32: tl.constexpr):
-    """out[:M, n-tile] (+)= x @ w.T for one K slice. USE_DOT: tensor-core dot with M padded to
-    BLOCK_M = 16; otherwise (M == 1) a CUDA-core multiply-reduce, cheaper than a padded MMA."""
+def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, part_ptr, cnt_ptr, gscale_ptr, bias_ptr, M, N, split,
+                stride_xm, stride_wn, stride_sn, stride_om, K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr,
+                MODE: tl.constexpr, X_SPLIT: tl.constexpr, DOT_F32: tl.constexpr):
+    """out[:M, n-tile] = x @ w.T (+ bias) over one K slice of K_PER_SPLIT inputs.
+
+    MODE 0 (M == 1): CUDA-core multiply-add of the unscaled decoded weights, summed per 16-input
+    scale block, then scaled once per block into a [BLOCK_N, BLOCK_K/16] accumulator that is
+    reduced after the K loop. MODE 1: tensor-core dot x[16, K] @ w.T (M padded to 16).
+    MODE 2 (swap-AB): w[BLOCK_N, K] @ x.T, so the decoded weight is the MMA's A operand (64+ rows)
+    and the 16 padded token rows are its narrow N side.
+    X_SPLIT: x is read contiguously and split into even/odd columns in registers; otherwise with
+    two stride-2 loads. ATOMIC (split-K): partial sums are atomically added into the zeroed fp32
+    workspace part_ptr [M, N]; the last program of each N tile (arrival counter cnt_ptr) applies the
+    epilogue and leaves workspace and counter zeroed for the next call (one launch, no memset)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     HALF: tl.constexpr = BLOCK_K // 2
@@ -58,56 +71,84 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, gscale_ptr, bias_ptr, M, N, K, str
     rm = tl.arange(0, BLOCK_M)
     nmask = rn < N
     mmask = rm < M
-    rn_safe = tl.where(nmask, rn, 0)  # out-of-range columns read row 0; their results are never stored
+    rn_safe = tl.where(nmask, rn, 0).to(tl.int64)  # out-of-range rows read row 0; never stored
     rb = tl.arange(0, HALF)
     rs = tl.arange(0, GROUPS)
-    if USE_DOT:
+    if MODE == 0:
+        acc = tl.zeros((BLOCK_N, GROUPS), dtype=tl.float32)
+    elif MODE == 1:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     else:
-        acc1 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
-    for kk in tl.range(0, K_PER_SPLIT, BLOCK_K, num_stages=NUM_STAGES):
-        k0 = k_start + kk
+    for it in range(0, K_PER_SPLIT // BLOCK_K):  # pipelined num_stages deep (launch option)
+        k0 = k_start + it * BLOCK_K
         # packed bytes b -> columns 2b (low nibble) and 2b + 1 (high nibble); K is a multiple of BLOCK_K
         p = tl.load(w_ptr + rn_safe[:, None] * stride_wn + (k0 // 2 + rb)[None, :]).to(tl.int32)
         s = tl.load(s_ptr + rn_safe[:, None] * stride_sn + (k0 // 16 + rs)[None, :])
-        # block scale x 2**63: decoded values are (true x 2**-126) x (scale x 2**63) = true x scale x 2**-63
-        scale = tl.reshape(s.to(tl.float8e4nv, bitcast=True).to(tl.float32) * 9.223372036854775808e18,
-                           (BLOCK_N, GROUPS, 1))
-        w_lo = tl.reshape(tl.reshape(_e2m1_lo(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
-        w_hi = tl.reshape(tl.reshape(_e2m1_hi(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
-        if USE_DOT:
-            x_even = tl.load(x_ptr + rm[:, None] * stride_xm + (k0 + 2 * rb)[None, :], mask=mmask[:, None], other=0.0)
-            x_odd = tl.load(x_ptr + rm[:, None] * stride_xm + (k0 + 2 * rb + 1)[None, :], mask=mmask[:, None], other=0.0)
-            if DOT_F32:  # the CPU interpreter mishandles in-kernel bf16 dot operands; same values in fp32
-                acc = tl.dot(x_even.to(tl.float32), tl.trans(w_lo), acc)
-                acc = tl.dot(x_odd.to(tl.float32), tl.trans(w_hi), acc)
+        scale = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        if MODE == 0:
+            if X_SPLIT:
+                xv = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K)).to(tl.float32)
+                x_even, x_odd = tl.split(tl.reshape(xv, (HALF, 2)))
             else:
-                acc = tl.dot(x_even.to(tl.bfloat16), tl.trans(w_lo.to(tl.bfloat16)), acc)
-                acc = tl.dot(x_odd.to(tl.bfloat16), tl.trans(w_hi.to(tl.bfloat16)), acc)
+                x_even = tl.load(x_ptr + k0 + 2 * rb).to(tl.float32)
+                x_odd = tl.load(x_ptr + k0 + 2 * rb + 1).to(tl.float32)
+            # x x 2**63 times decoded (true x 2**-126) = true x x x 2**-63; summed over each 16-input
+            # scale block, then scaled once per block (not per weight)
+            x_even = x_even * 9.223372036854775808e18
+            x_odd = x_odd * 9.223372036854775808e18
+            t = _e2m1_lo(p) * x_even[None, :] + _e2m1_hi(p) * x_odd[None, :]
+            acc += tl.sum(tl.reshape(t, (BLOCK_N, GROUPS, 8)), axis=2) * scale
         else:
-            x_even = tl.load(x_ptr + k0 + 2 * rb).to(tl.float32)
-            x_odd = tl.load(x_ptr + k0 + 2 * rb + 1).to(tl.float32)
-            acc1 += tl.sum(w_lo * x_even[None, :] + w_hi * x_odd[None, :], axis=1)
-    gs = tl.load(gscale_ptr) * 9.223372036854775808e18  # the other 2**63
-    if USE_DOT:
-        acc = acc * gs
-        omask = mmask[:, None] & nmask[None, :]
-        optrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
-        if ATOMIC:
-            tl.atomic_add(optrs, acc, mask=omask)
-        else:
-            if HAS_BIAS:
-                acc += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-            tl.store(optrs, acc.to(out_ptr.dtype.element_ty), mask=omask)
+            # block scale x 2**63: decoded (true x 2**-126) x (scale x 2**63) = true x scale x 2**-63
+            scale = tl.reshape(scale * 9.223372036854775808e18, (BLOCK_N, GROUPS, 1))
+            w_lo = tl.reshape(tl.reshape(_e2m1_lo(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
+            w_hi = tl.reshape(tl.reshape(_e2m1_hi(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
+            xrow = x_ptr + rm[:, None] * stride_xm
+            if X_SPLIT:
+                xv = tl.load(xrow + (k0 + tl.arange(0, BLOCK_K))[None, :], mask=mmask[:, None], other=0.0)
+                x_even, x_odd = tl.split(tl.reshape(xv, (BLOCK_M, HALF, 2)))
+            else:
+                x_even = tl.load(xrow + (k0 + 2 * rb)[None, :], mask=mmask[:, None], other=0.0)
+                x_odd = tl.load(xrow + (k0 + 2 * rb + 1)[None, :], mask=mmask[:, None], other=0.0)
+            if DOT_F32:  # the CPU interpreter mishandles in-kernel bf16 dot operands; same values in fp32
+                x_even, x_odd = x_even.to(tl.float32), x_odd.to(tl.float32)
+            else:
+                x_even, x_odd = x_even.to(tl.bfloat16), x_odd.to(tl.bfloat16)
+                w_lo, w_hi = w_lo.to(tl.bfloat16), w_hi.to(tl.bfloat16)
+            if MODE == 1:
+                acc = tl.dot(x_even, tl.trans(w_lo), acc)
+                acc = tl.dot(x_odd, tl.trans(w_hi), acc)
+            else:
+                acc = tl.dot(w_lo, tl.trans(x_even), acc)
+                acc = tl.dot(w_hi, tl.trans(x_odd), acc)
+    if MODE == 0:
+        res = tl.reshape(tl.sum(acc, axis=1), (1, BLOCK_N))
+    elif MODE == 1:
+        res = acc
     else:
-        acc1 = acc1 * gs
-        if ATOMIC:
-            tl.atomic_add(out_ptr + rn, acc1, mask=nmask)
-        else:
+        res = tl.trans(acc)
+    res = res * (tl.load(gscale_ptr) * 9.223372036854775808e18)  # the other 2**63
+    omask = mmask[:, None] & nmask[None, :]
+    optrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
+    if ATOMIC:
+        pptrs = part_ptr + rm[:, None] * N + rn[None, :]
+        tl.atomic_add(pptrs, res, mask=omask)
+        tl.debug_barrier()  # every thread's partial is issued before the arrival is counted
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1)
+        if arrived == split - 1:
+            # read the sum where the atomics landed (L2), then leave zeros for the next call
+            res = tl.atomic_add(pptrs, tl.zeros_like(res), mask=omask)
+            tl.store(pptrs, tl.zeros_like(res), mask=omask)
             if HAS_BIAS:
-                acc1 += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)
-            tl.store(out_ptr + rn, acc1.to(out_ptr.dtype.element_ty), mask=nmask)
+                res += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+            tl.store(optrs, res.to(out_ptr.dtype.element_ty), mask=omask)
+            tl.store(cnt_ptr + pid_n, 0)  # every program of this tile has arrived
+    else:
+        if HAS_BIAS:
+            res += tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        tl.store(optrs, res.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
@@ -162,51 +203,80 @@ def _check(weight, weight_scale, weight_scale_2):
     return n, k
 
 
-def gemv_plan(m: int, n: int, k: int, block_n: int | None = None, block_k: int | None = None,
-              split: int | None = None) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, split) for the decode GEMV, from the H100 sweep
-    (benchmarks/sweep_weight_kernels.py; graph-mode time summed over FLUX and omni shapes):
-    M == 1 (CUDA-core path) 32 x 256 tiles, M > 1 (MMA path) 64 x 128; K split in up to 4 slices
-    (fp32 atomics) where K allows."""
-    bn = block_n or (32 if m == 1 else 64)
-    bk = block_k or (256 if m == 1 else 128)
+@dataclasses.dataclass(frozen=True)
+class GemvPlan:
+    """Tile plan of the decode GEMV (see gemv_kernel): MODE, tiles, split-K, pipeline."""
+
+    mode: int
+    block_n: int
+    block_k: int
+    split: int
+    x_split: bool
+    num_stages: int
+    num_warps: int
+
+
+def gemv_plan(m: int, n: int, k: int, sms: int = 132, **override) -> GemvPlan:
+    """Tile plan for the decode GEMV, from the H100 sweep (benchmarks/sweep_weight_kernels.py
+    --parts gemv: graph-mode time over FLUX and omni shapes at M = 1, 4, 16):
+
+    * M == 1: CUDA-core mode 0 with 16 x 256 tiles; M > 1: swapped dot (mode 2), 64 x 128 tiles,
+      x split in registers.
+    * split-K: the smallest of 1, 2, 4, 8 that dividing K gives at least 3 programs per SM (`sms`),
+      else the largest that divides K (within 8% of the best split per shape in the sweep).
+
+    Keyword arguments (mode, block_n, block_k, split, x_split, num_stages, num_warps) override."""
+    mode = override.get("mode")
+    if mode is None:
+        mode = 0 if m == 1 else 2
+    if mode == 0 and m != 1:
+        raise ValueError(f"mode 0 (CUDA-core) handles M == 1 only, got M={m}")
+    bn = override.get("block_n") or (16 if mode == 0 else 64)
+    bk = override.get("block_k") or (256 if mode == 0 else 128)
     while k % bk:
         bk //= 2
+    split = override.get("split")
     if split is None:
-        split = next(sp for sp in (4, 2, 1) if k % (bk * sp) == 0)
+        fits = [sp for sp in (1, 2, 4, 8) if k % (bk * sp) == 0]
+        tiles = -(-n // bn)
+        split = next((sp for sp in fits if tiles * sp >= 3 * sms), fits[-1])
     if k % (bk * split):
         raise ValueError(f"K={k} is not a multiple of BLOCK_K*split={bk * split}")
-    return bn, bk, split
+    x_split = override.get("x_split")
+    return GemvPlan(mode=mode, block_n=bn, block_k=bk, split=split,
+                    x_split=bool(mode != 1 if x_split is None else x_split),
+                    num_stages=override.get("num_stages") or 4, num_warps=override.get("num_warps") or 4)
 
 
-def nvfp4_gemv(x, weight, weight_scale, weight_scale_2, bias=None, *, block_n=None, block_k=None, split=None,
-               num_stages=4, num_warps=4, use_dot=None):
+def nvfp4_gemv(x, weight, weight_scale, weight_scale_2, bias=None, **plan_override):
     """x: [M <= 16, K] bf16/fp16 CUDA; weight: uint8 [N, K/2]; weight_scale: e4m3 (or its uint8
     bytes) [N, K/16]; weight_scale_2: f32 one element; bias: [N] or None. Returns [M, N] in x.dtype.
-    The keyword arguments override the tile plan (benchmarks sweep them)."""
+    Keyword arguments override the tile plan (gemv_plan; benchmarks sweep them)."""
     n, k = _check(weight, weight_scale, weight_scale_2)
     m = x.shape[0]
     if m > 16 or x.shape[1] != k:
         raise ValueError(f"x: expected [M <= 16, {k}], got {tuple(x.shape)}")
-    x = x.contiguous()
-    s8 = weight_scale.view(torch.uint8)
-    gscale = weight_scale_2.reshape(1).float()
-    bn, bk, split = gemv_plan(m, n, k, block_n, block_k, split)
-    if split == 1:  # one pass: bias and the output cast happen in the kernel's epilogue
-        out = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    else:  # split-K partial sums meet in an fp32 buffer
-        out = torch.zeros(m, n, device=x.device, dtype=torch.float32)
-    has_bias = bias is not None and split == 1
-    use_dot = m > 1 if use_dot is None else use_dot
-    gemv_kernel[(triton.cdiv(n, bn), split)](
-        x, weight, s8, out, gscale, bias if has_bias else gscale, m, n, k, x.stride(0), weight.stride(0),
-        s8.stride(0), out.stride(0), k // split, BLOCK_M=16, BLOCK_N=bn, BLOCK_K=bk, NUM_STAGES=num_stages,
-        ATOMIC=split > 1, HAS_BIAS=has_bias, USE_DOT=use_dot, DOT_F32=x.device.type == "cpu", num_warps=num_warps)
-    if split == 1:
-        return out
-    if bias is not None:
-        out += bias.float()
-    return out.to(x.dtype)
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    s8 = weight_scale.view(torch.uint8) if weight_scale.dtype != torch.uint8 else weight_scale
+    gscale = weight_scale_2.reshape(1)
+    if gscale.dtype != torch.float32:
+        gscale = gscale.float()
+    plan = gemv_plan(m, n, k, num_sms(x.device), **plan_override)
+    out = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    n_tiles = triton.cdiv(n, plan.block_n)
+    atomic = plan.split > 1
+    if atomic:
+        part, counters = fixup_workspace(x.device, m * n, n_tiles)
+    else:
+        part = counters = out
+    gemv_kernel[(n_tiles, plan.split)](
+        x, weight, s8, out, part, counters, gscale, gscale if bias is None else bias, m, n, plan.split,
+        x.stride(0), weight.stride(0), s8.stride(0), out.stride(0), K_PER_SPLIT=k // plan.split, BLOCK_M=1 if plan.mode == 0 else 16,
+        BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, ATOMIC=atomic,
+        HAS_BIAS=bias is not None, MODE=plan.mode, X_SPLIT=plan.x_split, DOT_F32=x.device.type == "cpu",
+        num_warps=plan.num_warps, num_stages=plan.num_stages)
+    return out
 
 
 def nvfp4_dequantize_bf16(weight, weight_scale, weight_scale_2, dtype=torch.bfloat16, *, block_n=16, block_k=None,

@@ -24,8 +24,8 @@ import functools
 import torch
 
 from ._common import (
-    KernelInputError, check_bias, check_out_dtype, check_same_device, check_tensor, interpret_mode,
-    require_triton,
+    KernelInputError, check_bias, check_out_dtype, check_same_device, check_tensor, fixup_workspace, interpret_mode,
+    num_sms, require_triton,
 )
 
 SMALL_M_MAX = 16
@@ -208,11 +208,6 @@ def _build(interpret: bool):
     return triton, large, small, splitk_reduce_kernel
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def prepare_nvfp4_weight(w_packed: torch.Tensor, w_scale: torch.Tensor):
     """Check an NVFP4 weight once at load time and return the kernel layout (contiguous; scales as bytes).
 
@@ -232,27 +227,9 @@ def prepare_nvfp4_weight(w_packed: torch.Tensor, w_scale: torch.Tensor):
     return w_packed.contiguous(), scale_bytes.contiguous()
 
 
-_WORKSPACES: dict = {}
-
-
-def _fixup_workspace(device, mn: int, n: int):
-    """Zeroed fp32 [>= M*N] accumulator and int32 [>= N] arrival counters, reused across calls.
-
-    The split-K kernel leaves both zeroed after every launch, so no memset runs per call. Allocate
-    (warm up) before CUDA-graph capture; calls on concurrent streams must not share a device.
-    """
-    key = (device.type, device.index)
-    acc, cnt = _WORKSPACES.get(key, (None, None))
-    if acc is None or acc.numel() < mn or cnt.numel() < n:
-        acc = torch.zeros(max(mn, 1 << 16), dtype=torch.float32, device=device)
-        cnt = torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device)
-        _WORKSPACES[key] = (acc, cnt)
-    return acc, cnt
-
-
 def _split_for(n_tiles: int, k: int, device) -> int:
     """Split-K factor so that about two programs run per SM, each still streaming >= 512 inputs."""
-    sms = _num_sms(device.index or 0) if device.type == "cuda" else 4
+    sms = num_sms(device)
     split = 1
     while split < 16 and n_tiles * split * 2 <= 2 * sms and k // (split * 2) >= 256:
         split *= 2
@@ -313,7 +290,7 @@ def nvfp4_w4a16_mm(
             raise KernelInputError(f"splitk_mode is {splitk_mode!r}; allowed: 'atomic', 'reduce'")
         atomic = split > 1 and splitk_mode == "atomic"
         if atomic:
-            part, counters = _fixup_workspace(x.device, M * N, N)
+            part, counters = fixup_workspace(x.device, M * N, N)
         else:
             part = torch.empty((split, M, N), dtype=torch.float32, device=x.device) if split > 1 else out
             counters = part

@@ -37,7 +37,7 @@ import functools
 
 import torch
 
-from ._common import KernelInputError, interpret_mode
+from ._common import KernelInputError, interpret_mode, num_sms
 
 
 def _cfg(bm, bn, bk, warps, stages, ws=False, flatten=True, subtile=False, tma_store=True, group_m=8):
@@ -64,25 +64,40 @@ TMA_CANDIDATE_CONFIGS = [
     _cfg(128, 128, 128, 8, 4),                               # 160 KB
     _cfg(128, 256, 64, 8, 6, subtile=True),                  # 176 KB: 6 x 24 KB + 32 KB
     _cfg(128, 256, 128, 8, 3, flatten=False),                # 208 KB: epilogue not overlapped
+    # more, smaller tiles for N = 3072 (432 tiles of 128x256 fill 132 SMs only 3.3 times)
+    _cfg(128, 128, 128, 4, 6),                               # 224 KB: 6 x 32 KB + 32 KB
+    _cfg(128, 128, 256, 8, 3),                               # 224 KB: 3 x 64 KB + 32 KB
+    _cfg(64, 256, 128, 4, 4),                                # 192 KB: 4 x 40 KB + 32 KB
 ]
 # Not candidates: warp-specialized configs (ws=True, flatten=False, tma_store=False) compiled but
 # never finished on an H100 (Triton 3.6, torch 2.11; sweep of 2026-11-25: the first one hung).
 
 
-#: Large-M INT8 choice from the H100 sweep (benchmarks/sweep_weight_kernels.py --parts w8a8, M = 4608,
-#: FLUX shapes, GEMM alone): 128x256x128 with 4 stages and a split epilogue, except for long K
-#: (12288), where 3 stages and a whole-tile store measured faster.
+#: Large-M INT8 choice from the H100 sweeps (benchmarks/sweep_weight_kernels.py --parts w8a8, M = 4608,
+#: FLUX shapes, GEMM alone, three runs): 128x256x128 with 4 stages and a split epilogue; for long K
+#: (12288) 3 stages and a whole-tile store (equal within run-to-run noise); for wide N (>= 8192)
+#: with short K, 256x128x128 with 4 stages and a split epilogue (1.41-1.45x BF16 against 1.2-1.4x
+#: for the first, whose time varied more between runs).
 LARGE_M_MIN = 128
 
 
 def pick_config(m: int, n: int, k: int) -> dict:
-    return TMA_CANDIDATE_CONFIGS[0] if k >= 8192 else TMA_CANDIDATE_CONFIGS[1]
+    if k >= 8192:
+        return TMA_CANDIDATE_CONFIGS[0]
+    if n >= 8192:
+        return TMA_CANDIDATE_CONFIGS[4]
+    return TMA_CANDIDATE_CONFIGS[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tma(index) -> bool:
+    return torch.cuda.get_device_capability(index) >= (9, 0)
 
 
 def tma_applicable(a: torch.Tensor, b: torch.Tensor, out_dtype) -> bool:
     """True where the TMA kernel is the better INT8/FP8 path: CUDA sm_90+, M >= LARGE_M_MIN, 16-bit
     output, and operands meeting TMA's 16-byte alignment rules (else the pointer kernel runs)."""
-    if interpret_mode() or a.device.type != "cuda" or torch.cuda.get_device_capability(a.device) < (9, 0):
+    if interpret_mode() or a.device.type != "cuda" or not _has_tma(a.device.index):
         return False
     if a.shape[0] < LARGE_M_MIN or out_dtype not in (torch.bfloat16, torch.float16):
         return False
@@ -230,22 +245,17 @@ def scaled_mm_tma(a, b, a_scale_vec, b_scale_vec, bias, out_dtype, acc_int32: bo
     c_desc = None
     if cfg["tma_store"]:
         c_desc = TensorDescriptor(c, [M, N], [N, 1], [bm, bn // 2 if cfg["epilogue_subtile"] else bn])
-    num_sms = INTERPRET_NUM_SMS if interp else _num_sms(a.device)
+    sms = INTERPRET_NUM_SMS if interp else num_sms(a.device)
     num_tiles = -(-M // bm) * -(-N // bn)
-    build_tma_kernel()[(min(num_sms, num_tiles),)](
+    build_tma_kernel()[(min(sms, num_tiles),)](
         a_desc, b_desc, c_desc, c, a_scale_vec, b_scale_vec, bias if bias is not None else c,
         M, N, a_scale_vec.stride(0), b_scale_vec.stride(0),
         K=K, HAS_BIAS=bias is not None, ACC_INT32=acc_int32, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        GROUP_M=cfg["GROUP_M"], NUM_SMS=num_sms, FLATTEN=cfg["flatten"], WARP_SPECIALIZE=cfg["warp_specialize"],
+        GROUP_M=cfg["GROUP_M"], NUM_SMS=sms, FLATTEN=cfg["flatten"], WARP_SPECIALIZE=cfg["warp_specialize"],
         EPILOGUE_SUBTILE=cfg["epilogue_subtile"], TMA_STORE=cfg["tma_store"], INTERPRET=interp,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return c
-
-
-@functools.cache
-def _num_sms(device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def compile_for_sm90(config, operand="i8", out="bf16", K=3072) -> dict:
