@@ -229,3 +229,44 @@ def test_auto_picks_triton_backends_on_hopper():
     assert kernel.name == "fused_scaled_mm"
     kernel, _ = select_linear_kernel(_spec("int8", device="cuda"), "auto")
     assert kernel.name == "triton"
+
+
+def test_fp8_fast_accum_setting(monkeypatch):
+    from quantomni.kernels.fp8_scaled_mm import ScaledMmFp8Kernel, fp8_fast_accum
+
+    monkeypatch.delenv("QUANTOMNI_FP8_FAST_ACCUM", raising=False)
+    assert fp8_fast_accum() is True
+    spec = _spec("fp8", scheme=Fp8Scheme())
+    assert "fast accumulation" in ScaledMmFp8Kernel.can_implement(spec)[1]
+    monkeypatch.setenv("QUANTOMNI_FP8_FAST_ACCUM", "0")
+    assert fp8_fast_accum() is False
+    assert "full-precision accumulation" in ScaledMmFp8Kernel.can_implement(spec)[1]
+    monkeypatch.setenv("QUANTOMNI_FP8_FAST_ACCUM", "maybe")
+    with pytest.raises(ValueError, match="QUANTOMNI_FP8_FAST_ACCUM"):
+        fp8_fast_accum()
+
+
+@cuda_only
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [3072, 12288])
+def test_fp8_fast_accum_error_is_far_below_quantization_error(rng_seed, monkeypatch, k):
+    """Fast accumulation against the exact products (float64 of the same FP8 values): its error
+    must stay under 1e-2 relative (the FP8 quantization error itself is ~3e-2) and no more than
+    1.5x that of full-precision accumulation plus the bf16 output rounding."""
+    from quantomni.kernels.fp8_scaled_mm import ScaledMmFp8Kernel
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("needs sm_89+")
+    x, w, b = _data(1024, k, 3072, torch.bfloat16, "cuda")
+    wq, ws = quantize_weight_fp8(w, "channel")
+    layer = _layer(wq, ws, b, Fp8Scheme("channel", "token"))
+    xq, xs = quantize_act_fp8(x, "token")
+    exact = (xq.double() * xs.double()) @ (wq.double() * ws.double()[:, None]).T + b.double()
+    errs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("QUANTOMNI_FP8_FAST_ACCUM", flag)
+        out = ScaledMmFp8Kernel.apply(layer, x)
+        assert torch.isfinite(out).all()
+        errs[flag] = rel_error(out, exact)
+    assert errs["1"] < 1e-2, errs
+    assert errs["1"] <= 1.5 * errs["0"] + 2e-3, errs

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from quantomni.kernels.base import KernelSpec, LinearKernel
-from quantomni.kernels.fp8_scaled_mm import ScaledMmFp8Kernel
+from quantomni.kernels.fp8_scaled_mm import ScaledMmFp8Kernel, fp8_fast_accum
 
 
 def _ops():
@@ -84,7 +84,7 @@ class FusedQuantScaledMmFp8Kernel(LinearKernel):
         n = layer.weight.shape[0]
         w_scale = w_scale.reshape(1, -1) if w_scale.dim() else w_scale.reshape(1, 1).expand(1, n).contiguous()
         return torch._scaled_mm(x_q, layer.weight.t(), scale_a=x_scale, scale_b=w_scale, bias=layer.bias,
-                                out_dtype=x.dtype)
+                                out_dtype=x.dtype, use_fast_accum=fp8_fast_accum())
 
 
 class TritonInt8Kernel(LinearKernel):
