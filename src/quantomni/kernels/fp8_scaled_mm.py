@@ -9,6 +9,7 @@ turns it off (read when a layer's kernel is chosen and at every call).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -18,8 +19,14 @@ from quantomni.kernels.quant_ops import quantize_act_fp8
 
 
 def fp8_fast_accum() -> bool:
-    """``QUANTOMNI_FP8_FAST_ACCUM`` (default on): "1"/"0" (also true/false, yes/no, on/off)."""
-    raw = os.environ.get("QUANTOMNI_FP8_FAST_ACCUM", "1").strip().lower()
+    """``QUANTOMNI_FP8_FAST_ACCUM`` (default on): "1"/"0" (also true/false, yes/no, on/off).
+    Called on every FP8 GEMM: one environment lookup, the parse is cached per value."""
+    return _parse_fast_accum(os.environ.get("QUANTOMNI_FP8_FAST_ACCUM", "1"))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_fast_accum(value: str) -> bool:
+    raw = value.strip().lower()
     if raw in ("1", "true", "yes", "on"):
         return True
     if raw in ("0", "false", "no", "off"):

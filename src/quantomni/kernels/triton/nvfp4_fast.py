@@ -1,11 +1,13 @@
 """NVFP4 weights on GPUs without FP4 tensor cores (Hopper): decode E2M1 + E4M3 block scales in
 registers, then BF16 tensor-core MMA.
 
-* ``nvfp4_gemv``: M <= 16 (decode); M == 1 without tensor cores. Each program owns BLOCK_N output channels and a K slice
-  (split-K only when there are too few column tiles to fill the GPU), streams the packed weight
-  once (0.5625 bytes per weight with scales) and accumulates ``x @ w.T`` with ``tl.dot`` (M padded
-  to 16). Low and high nibbles are decoded as two half-width tiles and multiplied with the even and
-  odd columns of x, so no register shuffle (join/interleave) is needed. Memory-bound by design.
+* ``nvfp4_gemv``: M <= 16 (decode). Each program owns BLOCK_N output channels and a K slice
+  (split-K where there are too few column tiles to fill the GPU; the partial sums meet in a reused
+  workspace and the last program applies the epilogue) and streams the packed weight once (0.5625
+  bytes per weight with scales). M == 1 runs on CUDA cores, M > 1 as a swapped-operand dot
+  ``w @ x.T`` (see ``gemv_kernel``). Low and high nibbles are decoded as two half-width tiles and
+  multiplied with the even and odd columns of x, so no register shuffle (join/interleave) is
+  needed. Bound by the decode's integer work rather than by memory (docs/performance.md).
 * ``nvfp4_dequantize_bf16``: one pass writes the dense bf16/fp16 weight (value x block scale x
   global scale) for a cuBLAS GEMM at large M. Each packed byte becomes one 32-bit word holding its
   two 16-bit values (low nibble = even column = low half-word, little-endian), stored as int32: no
@@ -14,13 +16,15 @@ registers, then BF16 tensor-core MMA.
 E2M1 is decoded by placing its bits in a float32 (value x 2**-126, exact; see ``_e2m1_lo``), the
 2**126 being folded into the scales. E2M1 value x E4M3 block scale has at most 6 significant bits,
 so it is exact in bf16; the global scale is applied in fp32 in the GEMV epilogue and folded into the
-dense weight in the dequantizer (one rounding, 2**-9 relative in bf16). M == 1 uses CUDA-core
-multiply-reduce instead of a 16-row padded MMA.
+dense weight in the dequantizer (one rounding, 2**-9 relative in bf16). On the M == 1 path x is
+scaled by 2**63 instead of the block scale, so activations between about 2**-63 and 2**64 in
+magnitude keep full precision (far wider than any activation range seen in practice).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 import triton
@@ -216,6 +220,7 @@ class GemvPlan:
     num_warps: int
 
 
+@functools.lru_cache(maxsize=1024)  # called on every decode step with the same few shapes
 def gemv_plan(m: int, n: int, k: int, sms: int = 132, **override) -> GemvPlan:
     """Tile plan for the decode GEMV, from the H100 sweep (benchmarks/sweep_weight_kernels.py
     --parts gemv: graph-mode time over FLUX and omni shapes at M = 1, 4, 16):
