@@ -149,21 +149,18 @@ def sweep_dequant(rows, errors):
 
 # ----------------------------------------------------------------------------- NVFP4 GEMV
 def gemv_grid(m: int) -> list[dict]:
-    """Tile plans tried for the decode GEMV at M rows (see nvfp4_fast.gemv_kernel for the modes)."""
+    """Tile plans tried for the decode GEMV at M rows (see nvfp4_fast.gemv_kernel for the modes):
+    the inline-PTX decode (decode_asm, the default for modes 1/2) over tiles, split-K and pipeline
+    depth, the float32 decode for comparison, and at M = 1 the CUDA-core mode 0."""
     prod = itertools.product
+    grid = [dict(mode=2, block_n=bn, block_k=bk, split=sp, num_stages=st)
+            for (bn, bk), sp, st in prod(((64, 128), (64, 256), (128, 256)), (1, 2, 4, 8), (4, 6))]
+    grid += [dict(mode=2, block_n=64, block_k=128, split=sp, decode_asm=False) for sp in (1, 8)]
     if m == 1:
-        grid = [dict(mode=0, block_n=bn, block_k=bk, split=sp, x_split=True)
-                for bn, bk, sp in prod((16, 32, 64), (256, 512), (1, 2, 4, 8))]
-        return grid + [dict(mode=0, block_n=32, block_k=256, split=4, x_split=False),
-                       dict(mode=2, block_n=64, block_k=128, split=4, x_split=True)]
-    grid = [dict(mode=2, block_n=bn, block_k=bk, split=sp, x_split=True)
-            for bn, bk, sp in prod((64, 128), (128, 256), (1, 2, 4, 8))]
-    if m < 16:
-        return grid
-    grid += [dict(mode=2, block_n=64, block_k=128, split=sp, x_split=False) for sp in (1, 2, 4, 8)]
-    grid += [dict(mode=2, block_n=128, block_k=bk, split=sp, x_split=True, num_warps=8)
-             for bk, sp in prod((128, 256), (1, 2, 4, 8))]
-    return grid + [dict(mode=1, block_n=64, block_k=128, split=4, x_split=xs) for xs in (False, True)]
+        grid += [dict(mode=0, block_n=16, block_k=256, split=sp, num_stages=st) for sp, st in prod((1, 2, 4, 8), (2, 3, 4, 6))]
+        grid += [dict(mode=0, block_n=bn, block_k=bk, split=sp, num_stages=4)
+                 for (bn, bk), sp in prod(((32, 256), (16, 512), (8, 512)), (1, 2, 4))]
+    return grid
 
 
 def sweep_gemv(rows, errors, ms=(1, 4, 16), shard=None):

@@ -48,3 +48,35 @@ def test_triton_nvfp4_matches_reference(m, k, n):
     ref = x.double() @ nvfp4_dequantize(packed, ws, ws2, torch.float64).t() + layer.bias.double()
     assert out.shape == (m, n) and torch.isfinite(out).all()
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_ptx_decode_equals_float_decode_bitwise(m):
+    """The inline-PTX decode (bf16x2 bit placement + FMA, bf16 subnormals for code 1) must give the
+    same bf16 weights as the float32 decode: every byte value, every finite E4M3 scale byte (zero and
+    subnormal scales included), hence bit-identical outputs without split-K."""
+    from quantomni.kernels.nvfp4_ref import nvfp4_dequantize
+    from quantomni.kernels.triton.nvfp4_fast import nvfp4_gemv
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("sm_89+")
+    n, k = 200, 2048
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    packed = torch.randint(0, 256, (n, k // 2), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+    packed[0, :128] = torch.arange(128, device="cuda", dtype=torch.uint8) * 2 + torch.tensor([0, 1], device="cuda",
+                                                                                          dtype=torch.uint8).repeat(64)
+    scale_bytes = torch.randint(0, 0x7F, (n, k // 16), device="cuda", generator=gen, dtype=torch.int32).to(torch.uint8)
+    scale_bytes[1, :0x7F] = torch.arange(0x7F, device="cuda", dtype=torch.uint8)  # every finite E4M3 value
+    ws = scale_bytes.view(torch.float8_e4m3fn)
+    ws2 = torch.tensor(0.0371, device="cuda")
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16, generator=gen)
+    ref = x.double() @ nvfp4_dequantize(packed, ws, ws2, torch.float64).t()
+    for bn, bk in ((64, 128), (128, 256)):
+        a = nvfp4_gemv(x, packed, ws, ws2, mode=2, block_n=bn, block_k=bk, split=1, decode_asm=True)
+        b = nvfp4_gemv(x, packed, ws, ws2, mode=2, block_n=bn, block_k=bk, split=1, decode_asm=False)
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+        assert float((a.double() - ref).norm() / ref.norm()) < 1e-2
+    c = nvfp4_gemv(x, packed, ws, ws2, mode=2, split=4, decode_asm=True)
+    assert float((c.double() - ref).norm() / ref.norm()) < 1e-2

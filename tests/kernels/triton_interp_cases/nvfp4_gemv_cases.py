@@ -24,11 +24,13 @@ CASES = [  # (M, N, K, plan)
     (1, 40, 256, dict(mode=0, block_n=16, block_k=64, split=1, x_split=True)),
     (1, 40, 256, dict(mode=0, block_n=16, block_k=64, split=2, x_split=False)),
     (1, 24, 512, dict(mode=0, block_n=32, block_k=128, split=4, x_split=True)),
+    (1, 20, 1024, dict(mode=0, block_n=8, block_k=512, split=2, x_split=True, num_stages=3)),
     (5, 40, 256, dict(mode=1, block_n=16, block_k=64, split=1, x_split=False)),
     (3, 24, 256, dict(mode=1, block_n=16, block_k=64, split=4, x_split=True)),
     (16, 70, 256, dict(mode=2, block_n=64, block_k=64, split=1, x_split=True)),
     (7, 33, 256, dict(mode=2, block_n=64, block_k=64, split=2, x_split=False)),
     (2, 16, 512, dict(mode=2, block_n=64, block_k=128, split=4, x_split=True)),
+    (4, 70, 512, dict(mode=2, block_n=64, block_k=256, split=1, x_split=True, num_stages=2)),
     (1, 20, 128, {}),  # default plans
     (9, 20, 128, {}),
 ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 import triton
@@ -52,10 +53,44 @@ def _e2m1_hi(p):
 
 
 @triton.jit
+def _e2m1x4_bf16(p, scale):
+    """Inline-PTX decode for the MMA modes: p uint8 packed bytes, scale bf16 (block scale x 2**118,
+    broadcast to p's shape) -> (low-nibble, high-nibble) bf16 tensors of E2M1 value x block scale x
+    2**-8, exact. Four bytes per call: PRMT spreads bytes 0/1 (2/3) into the two halves of a word,
+    two shifts and masks place sign and exponent/mantissa bits of one nibble per half (a bf16 pair
+    of E2M1 value x 2**-126; code 1 is the bf16 subnormal 2**-127), and one bf16x2 FMA applies the
+    two scales: about 2.5 instructions per weight pair instead of the 8+ of the float32 decode."""
+    return tl.inline_asm_elementwise(
+        asm="""
+        {
+        .reg .b32 t, a, b, z, nz;
+        mov.b32 z, 0;
+        mov.b32 nz, 0x80008000;
+        prmt.b32 t, $2, z, 0x4140;
+        shl.b32 a, t, 12;
+        shl.b32 b, t, 6;
+        and.b32 a, a, 0x80008000;
+        and.b32 b, b, 0x01C001C0;
+        or.b32 a, a, b;
+        fma.rn.bf16x2 $0, a, $3, nz;
+        shl.b32 a, t, 8;
+        shl.b32 b, t, 2;
+        and.b32 a, a, 0x80008000;
+        and.b32 b, b, 0x01C001C0;
+        or.b32 a, a, b;
+        fma.rn.bf16x2 $1, a, $3, nz;
+        }
+        """,
+        constraints="=r,=r,r,r",
+        args=[p, scale], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
+
+
+@triton.jit
 def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, part_ptr, cnt_ptr, gscale_ptr, bias_ptr, M, N, split,
                 stride_xm, stride_wn, stride_sn, stride_om, K_PER_SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr, HAS_BIAS: tl.constexpr,
-                MODE: tl.constexpr, X_SPLIT: tl.constexpr, DOT_F32: tl.constexpr):
+                MODE: tl.constexpr, X_SPLIT: tl.constexpr, DOT_F32: tl.constexpr, DECODE_ASM: tl.constexpr,
+                STAGES: tl.constexpr):
     """out[:M, n-tile] = x @ w.T (+ bias) over one K slice of K_PER_SPLIT inputs.
 
     MODE 0 (M == 1): CUDA-core multiply-add of the unscaled decoded weights, summed per 16-input
@@ -85,10 +120,10 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, part_ptr, cnt_ptr, gscale_ptr, bia
     else:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     k_start = pid_k * K_PER_SPLIT
-    for it in range(0, K_PER_SPLIT // BLOCK_K):  # pipelined num_stages deep (launch option)
+    for it in tl.range(0, K_PER_SPLIT // BLOCK_K, num_stages=STAGES):  # loads pipelined STAGES deep
         k0 = k_start + it * BLOCK_K
         # packed bytes b -> columns 2b (low nibble) and 2b + 1 (high nibble); K is a multiple of BLOCK_K
-        p = tl.load(w_ptr + rn_safe[:, None] * stride_wn + (k0 // 2 + rb)[None, :]).to(tl.int32)
+        p = tl.load(w_ptr + rn_safe[:, None] * stride_wn + (k0 // 2 + rb)[None, :])
         s = tl.load(s_ptr + rn_safe[:, None] * stride_sn + (k0 // 16 + rs)[None, :])
         scale = s.to(tl.float8e4nv, bitcast=True).to(tl.float32)
         if MODE == 0:
@@ -102,13 +137,20 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, part_ptr, cnt_ptr, gscale_ptr, bia
             # scale block, then scaled once per block (not per weight)
             x_even = x_even * 9.223372036854775808e18
             x_odd = x_odd * 9.223372036854775808e18
+            p = p.to(tl.int32)
             t = _e2m1_lo(p) * x_even[None, :] + _e2m1_hi(p) * x_odd[None, :]
             acc += tl.sum(tl.reshape(t, (BLOCK_N, GROUPS, 8)), axis=2) * scale
         else:
-            # block scale x 2**63: decoded (true x 2**-126) x (scale x 2**63) = true x scale x 2**-63
-            scale = tl.reshape(scale * 9.223372036854775808e18, (BLOCK_N, GROUPS, 1))
-            w_lo = tl.reshape(tl.reshape(_e2m1_lo(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
-            w_hi = tl.reshape(tl.reshape(_e2m1_hi(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
+            # decoded (true x 2**-126) x (block scale x 2**118) = true x scale x 2**-8, exact in bf16
+            # (scale x 2**118 < 2**127; the smallest product, 0.5 x 2**-9 x 2**-8, is a normal bf16)
+            scale = tl.reshape(scale * 3.3233406329260806e35, (BLOCK_N, GROUPS, 1))
+            if DECODE_ASM:
+                sc = tl.reshape(tl.broadcast_to(scale.to(tl.bfloat16), (BLOCK_N, GROUPS, 8)), (BLOCK_N, HALF))
+                w_lo, w_hi = _e2m1x4_bf16(p, sc)
+            else:
+                p = p.to(tl.int32)
+                w_lo = tl.reshape(tl.reshape(_e2m1_lo(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
+                w_hi = tl.reshape(tl.reshape(_e2m1_hi(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF))
             xrow = x_ptr + rm[:, None] * stride_xm
             if X_SPLIT:
                 xv = tl.load(xrow + (k0 + tl.arange(0, BLOCK_K))[None, :], mask=mmask[:, None], other=0.0)
@@ -118,9 +160,11 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, part_ptr, cnt_ptr, gscale_ptr, bia
                 x_odd = tl.load(xrow + (k0 + 2 * rb + 1)[None, :], mask=mmask[:, None], other=0.0)
             if DOT_F32:  # the CPU interpreter mishandles in-kernel bf16 dot operands; same values in fp32
                 x_even, x_odd = x_even.to(tl.float32), x_odd.to(tl.float32)
-            else:
+            elif not DECODE_ASM:
                 x_even, x_odd = x_even.to(tl.bfloat16), x_odd.to(tl.bfloat16)
                 w_lo, w_hi = w_lo.to(tl.bfloat16), w_hi.to(tl.bfloat16)
+            else:
+                x_even, x_odd = x_even.to(tl.bfloat16), x_odd.to(tl.bfloat16)
             if MODE == 1:
                 acc = tl.dot(x_even, tl.trans(w_lo), acc)
                 acc = tl.dot(x_odd, tl.trans(w_hi), acc)
@@ -133,7 +177,10 @@ def gemv_kernel(x_ptr, w_ptr, s_ptr, out_ptr, part_ptr, cnt_ptr, gscale_ptr, bia
         res = acc
     else:
         res = tl.trans(acc)
-    res = res * (tl.load(gscale_ptr) * 9.223372036854775808e18)  # the other 2**63
+    if MODE == 0:
+        res = res * (tl.load(gscale_ptr) * 9.223372036854775808e18)  # the other 2**63
+    else:
+        res = res * (tl.load(gscale_ptr) * 256.0)  # the 2**-8 of the decoded weights
     omask = mmask[:, None] & nmask[None, :]
     optrs = out_ptr + rm[:, None] * stride_om + rn[None, :]
     if ATOMIC:
@@ -218,39 +265,66 @@ class GemvPlan:
     x_split: bool
     num_stages: int
     num_warps: int
+    decode_asm: bool = True  # modes 1/2 on NVIDIA GPUs: the inline-PTX decode (_e2m1x4_bf16)
 
 
 @functools.lru_cache(maxsize=1024)  # called on every decode step with the same few shapes
 def gemv_plan(m: int, n: int, k: int, sms: int = 132, **override) -> GemvPlan:
-    """Tile plan for the decode GEMV, from the H100 sweep (benchmarks/sweep_weight_kernels.py
-    --parts gemv: graph-mode time over FLUX and omni shapes at M = 1, 4, 16):
+    """Tile plan for the decode GEMV, from the sweep (benchmarks/sweep_weight_kernels.py --parts gemv:
+    graph-mode time over FLUX and omni shapes at M = 1, 4, 16, on an H100 and an H200):
 
-    * M == 1: CUDA-core mode 0 with 16 x 256 tiles; M > 1: swapped dot (mode 2), 64 x 128 tiles,
-      x split in registers.
-    * split-K: the smallest of 1, 2, 4, 8 that dividing K gives at least 3 programs per SM (`sms`),
-      else the largest that divides K (within 8% of the best split per shape in the sweep).
+    * M == 1: CUDA-core mode 0, 16 x 512 tiles (8 rows when N / 16 gives under 2.5 programs per SM),
+      K split so that no program reads more than 4096 inputs.
+    * M > 1: swapped dot (mode 2) with the inline-PTX decode, 64-row tiles, BLOCK_K 256 up to K = 2048
+      else 128. split-K: none when the column tiles fill 0.7 of the SMs (2 when they fill under 1.5
+      and K >= 3072), else the smallest of 1, 2, 4, 8 giving 3 programs per SM (or the largest that
+      divides K).
+    * loads pipelined 4 deep.
 
-    Keyword arguments (mode, block_n, block_k, split, x_split, num_stages, num_warps) override."""
+    Keyword arguments (mode, block_n, block_k, split, x_split, num_stages, num_warps, decode_asm)
+    override."""
     mode = override.get("mode")
     if mode is None:
         mode = 0 if m == 1 else 2
     if mode == 0 and m != 1:
         raise ValueError(f"mode 0 (CUDA-core) handles M == 1 only, got M={m}")
-    bn = override.get("block_n") or (16 if mode == 0 else 64)
-    bk = override.get("block_k") or (256 if mode == 0 else 128)
+    bk = override.get("block_k") or (512 if mode == 0 else 256 if k <= 2048 else 128)
     while k % bk:
         bk //= 2
+    fits = [sp for sp in (1, 2, 4, 8) if k % (bk * sp) == 0]
+    if mode == 0:
+        split_k = next((sp for sp in fits if k // sp <= 4096), fits[-1])
+        bn = override.get("block_n") or (16 if -(-n // 16) * split_k >= 2.5 * sms else 8)
+    else:
+        bn = override.get("block_n") or 64
     split = override.get("split")
     if split is None:
-        fits = [sp for sp in (1, 2, 4, 8) if k % (bk * sp) == 0]
         tiles = -(-n // bn)
-        split = next((sp for sp in fits if tiles * sp >= 3 * sms), fits[-1])
+        if mode == 0:
+            split = split_k
+        elif tiles >= 0.7 * sms:
+            split = 2 if tiles < 1.5 * sms and k >= 3072 and 2 in fits else 1
+        else:
+            split = next((sp for sp in fits if tiles * sp >= 3 * sms), fits[-1])
     if k % (bk * split):
         raise ValueError(f"K={k} is not a multiple of BLOCK_K*split={bk * split}")
     x_split = override.get("x_split")
     return GemvPlan(mode=mode, block_n=bn, block_k=bk, split=split,
                     x_split=bool(mode != 1 if x_split is None else x_split),
-                    num_stages=override.get("num_stages") or 4, num_warps=override.get("num_warps") or 4)
+                    num_stages=override.get("num_stages") or 4, num_warps=override.get("num_warps") or 4,
+                    decode_asm=bool(override.get("decode_asm", True)))
+
+
+@functools.lru_cache(maxsize=None)
+def _ptx_device(index: int) -> bool:
+    return torch.version.hip is None and torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def _ptx_ok(device) -> bool:
+    """The inline-PTX decode runs on NVIDIA sm_80+ (bf16x2 FMA), not in the CPU interpreter."""
+    if device.type != "cuda" or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    return _ptx_device(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def nvfp4_gemv(x, weight, weight_scale, weight_scale_2, bias=None, **plan_override):
@@ -280,6 +354,7 @@ def nvfp4_gemv(x, weight, weight_scale, weight_scale_2, bias=None, **plan_overri
         x.stride(0), weight.stride(0), s8.stride(0), out.stride(0), K_PER_SPLIT=k // plan.split, BLOCK_M=1 if plan.mode == 0 else 16,
         BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, ATOMIC=atomic,
         HAS_BIAS=bias is not None, MODE=plan.mode, X_SPLIT=plan.x_split, DOT_F32=x.device.type == "cpu",
+        DECODE_ASM=plan.decode_asm and plan.mode != 0 and _ptx_ok(x.device), STAGES=plan.num_stages,
         num_warps=plan.num_warps, num_stages=plan.num_stages)
     return out
 

@@ -22,7 +22,7 @@ _MMA_OPS = ("HGMMA", "QGMMA", "IGMMA", "HMMA", "IMMA")
 
 def _cases(all_configs: bool = False):
     """(name, jit function, signature, constexprs, indices of 16-divisible args) per kernel variant."""
-    from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, norm_quant, nvfp4_gemm
+    from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, norm_quant, nvfp4_fast, nvfp4_gemm
 
     _, aq = act_quant._build(False)
     _, mm = _scaled_mm_core.build_scaled_mm(False)
@@ -85,6 +85,20 @@ def _cases(all_configs: bool = False):
         cases.append((f"q4_k_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q4k_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
+    for mode, asm, split in ((0, False, 4), (2, True, 1), (2, True, 4), (2, False, 1)):
+        cases.append((f"nvfp4_gemv[mode={mode},asm={asm},split={split}]", nvfp4_fast.gemv_kernel,
+                      {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "out_ptr": "*bf16", "part_ptr": "*fp32",
+                       "cnt_ptr": "*i32", "gscale_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32",
+                       "split": "i32", "stride_xm": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32",
+                       "K_PER_SPLIT": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+                       "BLOCK_K": "constexpr", "ATOMIC": "constexpr", "HAS_BIAS": "constexpr", "MODE": "constexpr",
+                       "X_SPLIT": "constexpr", "DOT_F32": "constexpr", "DECODE_ASM": "constexpr",
+                       "STAGES": "constexpr"},
+                      {"K_PER_SPLIT": 3072 // split, "BLOCK_M": 1 if mode == 0 else 16,
+                       "BLOCK_N": 16 if mode == 0 else 64, "BLOCK_K": 256 if mode == 0 else 128, "ATOMIC": split > 1,
+                       "HAS_BIAS": True, "MODE": mode, "X_SPLIT": True, "DOT_F32": False, "DECODE_ASM": asm,
+                       "STAGES": 4},
+                      (0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14)))
     _, nq = norm_quant._build(False)
     cases.append(("layernorm_modulate_quant[fp8e4nv]", nq,
                   {"x_ptr": "*bf16", "shift_ptr": "*bf16", "scale_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32",
