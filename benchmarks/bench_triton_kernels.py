@@ -140,7 +140,7 @@ def build_variants(x, w, bias, q):
         group_affine_mm, prepare_q4_k_weight, prepare_q8_0_weight,
     )
     from quantomni.kernels.triton.int8_gemm import int8_scaled_mm
-    from quantomni.kernels.triton.nvfp4_gemm import nvfp4_w4a16_mm
+    from quantomni.kernels.nvfp4_triton import nvfp4_w4a16_linear
 
     w8, ws8 = q["int8"]
     wf8, wsf8 = q["fp8"]
@@ -178,11 +178,8 @@ def build_variants(x, w, bias, q):
 
     v["int8_torch_int_mm(+torch quant)"] = (int_mm_path, ref_w8a8(torch_quant_int8, w8, ws8), 1e-2)
     v["int8_triton(quant+gemm)"] = (int8_triton, ref_w8a8(torch_quant_int8, w8, ws8), 1e-2)
-    v["nvfp4_w4a16_triton"] = (
-        lambda: nvfp4_w4a16_mm(x, packed, fscale, s2, bias),
-        lambda: x.float() @ nvfp4_dequant(packed, fscale, s2).T + biasf, 1e-2)
-    v["nvfp4_w4a16_triton(splitk reduce)"] = (
-        lambda: nvfp4_w4a16_mm(x, packed, fscale, s2, bias, splitk_mode="reduce"),
+    v["nvfp4_w4a16_triton"] = (  # the backend's path: decode-GEMV (M <= 16) or dequantize + cuBLAS
+        lambda: nvfp4_w4a16_linear(x, packed, fscale, s2, bias),
         lambda: x.float() @ nvfp4_dequant(packed, fscale, s2).T + biasf, 1e-2)
     v["gguf_q8_0_triton"] = (
         lambda: q8_0_mm(x, q8raw, bias),
@@ -210,19 +207,6 @@ def build_variants(x, w, bias, q):
                 ).reshape(q8raw.shape[0], -1).to(torch.bfloat16), bias),
         lambda: x.float() @ q8deq.to(torch.bfloat16).float().T + biasf, 1e-2)
     v["act_quant_fp8_torch(only)"] = (lambda: torch_quant_fp8(x), None, None)
-    from quantomni.kernels.triton.norm_quant import layernorm_modulate_quant
-
-    K = x.shape[1]
-    shift = (torch.arange(K, device=x.device) % 7 * 0.1 - 0.3).to(torch.bfloat16)
-    mod_scale = (torch.arange(K, device=x.device) % 5 * 0.1 - 0.2).to(torch.bfloat16)
-
-    def ln_mod_quant_torch():
-        y = torch.nn.functional.layer_norm(x, (K,), eps=1e-6) * (1 + mod_scale) + shift
-        return torch_quant_fp8(y)
-
-    v["layernorm+modulate+quant_fp8_torch(only)"] = (ln_mod_quant_torch, None, None)
-    v["layernorm+modulate+quant_fp8_triton(only)"] = (
-        lambda: layernorm_modulate_quant(x, shift, mod_scale), None, None)
     v["act_quant_fp8_triton(only)"] = (lambda: per_token_quant_fp8(x), None, None)
     return v
 
@@ -238,13 +222,10 @@ def limit_autotune(max_configs):
     """Trim each autotuned kernel's config list (a faster first run; first configs are the big tiles)."""
     if not max_configs:
         return
-    from quantomni.kernels.triton import _scaled_mm_core, gguf_gemm, nvfp4_gemm
-
-    from quantomni.kernels.triton import group_affine_gemm
+    from quantomni.kernels.triton import _scaled_mm_core, gguf_gemm, group_affine_gemm
 
     tuned = [_scaled_mm_core.build_scaled_mm(False)[1], *gguf_gemm._build(False)[1:],
              group_affine_gemm._build(False)[1]]
-    tuned += list(nvfp4_gemm._build(False)[1:3])
     for t in tuned:
         t.configs = t.configs[:max_configs]
 

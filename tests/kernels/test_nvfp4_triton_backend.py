@@ -80,3 +80,14 @@ def test_ptx_decode_equals_float_decode_bitwise(m):
         assert float((a.double() - ref).norm() / ref.norm()) < 1e-2
     c = nvfp4_gemv(x, packed, ws, ws2, mode=2, split=4, decode_asm=True)
     assert float((c.double() - ref).norm() / ref.norm()) < 1e-2
+    # float32 out: no bf16 output rounding, so a wrong decoding constant cannot hide (1e-5, not 1e-2)
+    for mode in ((0, 2) if m == 1 else (2,)):
+        f = nvfp4_gemv(x.float(), packed, ws, ws2, mode=mode, split=1)
+        assert float((f.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+    if m == 1:  # mode 0 reads x as bf16 pairs through inline PTX (x x 2**63 in one bf16x2 multiply)
+        a = nvfp4_gemv(x, packed, ws, ws2, mode=0, split=1, decode_asm=True)
+        b = nvfp4_gemv(x, packed, ws, ws2, mode=0, split=1, decode_asm=False)
+        assert torch.isfinite(a).all() and torch.equal(a, b)
+        x_nan = x.clone()
+        x_nan[0, 5] = float("nan")
+        assert torch.isnan(nvfp4_gemv(x_nan, packed, ws, ws2, mode=0, split=1)).all()

@@ -22,7 +22,7 @@ def test_all_kernels_compile_for_sm90():
     failed = [r for r in records if not r["ok"]]
     assert not failed, failed
     by_name = {r["kernel"]: r for r in records}
-    expect = {"scaled_mm[i8": "IGMMA", "scaled_mm[fp8e4nv": "QGMMA", "nvfp4_mm[": "HGMMA", "q8_0_mm[": "HGMMA",
+    expect = {"scaled_mm[i8": "IGMMA", "scaled_mm[fp8e4nv": "QGMMA", "q8_0_mm[": "HGMMA",
               "q4_k_mm[": "HGMMA", "group_affine_mm[": "HGMMA", "nvfp4_gemv[mode=2": "HGMMA"}
     for prefix, op in expect.items():
         hits = [r for name, r in by_name.items() if name.startswith(prefix)]

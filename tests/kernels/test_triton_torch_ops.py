@@ -21,13 +21,13 @@ def test_importing_quantomni_kernels_needs_no_triton_and_registers_nothing():
 
     code = (
         "import sys; sys.modules['triton'] = None\n"  # any 'import triton' now raises ImportError
-        "import quantomni.kernels.triton.act_quant, quantomni.kernels.triton.nvfp4_gemm\n"
+        "import quantomni.kernels.triton.act_quant, quantomni.kernels.triton.gguf_gemm\n"
         "import quantomni.kernels.triton.gguf_gemm, quantomni.kernels.triton.fp8_gemm\n"
         "import quantomni.kernels.triton.torch_ops as t\n"
         "assert t._REGISTERED is False\n"
         "import torch\n"
         "try:\n"
-        "    quantomni.kernels.triton.nvfp4_gemm._build(False)\n"
+        "    quantomni.kernels.triton.gguf_gemm._build(False)\n"
         "except ImportError as e:\n"
         "    assert 'pip install triton' in str(e)\n"
         "else:\n"

@@ -11,12 +11,10 @@ import torch  # noqa: E402
 
 import bench_triton_kernels as bench  # noqa: E402
 
-TRITON_VARIANTS = ["fp8_triton(quant+gemm)", "int8_triton(quant+gemm)", "nvfp4_w4a16_triton",
-                   "nvfp4_w4a16_triton(splitk reduce)", "gguf_q8_0_triton",
+TRITON_VARIANTS = ["fp8_triton(quant+gemm)", "int8_triton(quant+gemm)", "nvfp4_w4a16_triton", "gguf_q8_0_triton",
                    "gguf_q4_k_triton", "gguf_q8_0_triton(repacked)", "gguf_q4_k_triton(repacked)",
                    "gguf_q8_0_dequant+torch.mm(diffusers-style)",
-                   "gguf_q4_k_dequant+torch.mm(diffusers-style)", "act_quant_fp8_triton(only)",
-                   "layernorm+modulate+quant_fp8_triton(only)"]
+                   "gguf_q4_k_dequant+torch.mm(diffusers-style)", "act_quant_fp8_triton(only)"]
 
 
 def test_bench_variants_match_their_references():

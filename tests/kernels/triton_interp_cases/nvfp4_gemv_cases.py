@@ -52,6 +52,19 @@ def test_matches_f64_reference(m, n, k, plan):
     _assert_close(no_bias, ref - bias.double())
 
 
+@pytest.mark.parametrize("m,plan", [(1, dict(mode=0)), (3, dict(mode=1)), (6, dict(mode=2)), (6, dict(mode=2, split=2, block_k=128))])
+def test_float32_activations_are_exact_to_float32(m, plan):
+    """float32 x and output: no bf16 rounding anywhere, so every decoding constant (2**63, 2**118,
+    2**-8 folds) must be exact; the result matches float64 to float32 accumulation error."""
+    gen = torch.Generator().manual_seed(7 + m)
+    x = torch.randn(m, 256, generator=gen).to(torch.bfloat16).float()
+    w_packed, w_scale, w_scale_2 = random_nvfp4(40, 256, gen)
+    ref = x.double() @ nvfp4_dequant_f64(w_packed, w_scale, w_scale_2).T
+    out = nvfp4_gemv(x, w_packed, w_scale, w_scale_2, None, **plan)
+    assert out.dtype == torch.float32
+    assert float((out.double() - ref).abs().max() / ref.abs().max()) < 1e-6
+
+
 def _assert_close(out, ref):
     # bf16 truncation (under 2**-7 relative) plus fp32 accumulation error (1e-5 of the largest value)
     bound = ref.abs() * 2**-7 + 1e-5 * ref.abs().max()

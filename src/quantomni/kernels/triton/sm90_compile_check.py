@@ -22,11 +22,10 @@ _MMA_OPS = ("HGMMA", "QGMMA", "IGMMA", "HMMA", "IMMA")
 
 def _cases(all_configs: bool = False):
     """(name, jit function, signature, constexprs, indices of 16-divisible args) per kernel variant."""
-    from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, norm_quant, nvfp4_fast, nvfp4_gemm
+    from . import _scaled_mm_core, act_quant, gguf_gemm, group_affine_gemm, nvfp4_fast
 
     _, aq = act_quant._build(False)
     _, mm = _scaled_mm_core.build_scaled_mm(False)
-    _, fp4_large, fp4_small, fp4_reduce = nvfp4_gemm._build(False)
     _, q8_large, q4k_large = gguf_gemm._build(False)
     cases = []
     for dt, is_int8 in (("i8", True), ("fp8e4nv", False)):
@@ -47,34 +46,6 @@ def _cases(all_configs: bool = False):
                            "BLOCK_N": "constexpr", "BLOCK_K": "constexpr", "GROUP_M": "constexpr"},
                           {"K": 3072, "HAS_BIAS": True, "ACC_INT32": acc_int, **kw}, (0, 1, 2, 3, 4, 5, 7, 9, 10, 11),
                           cfg))
-    for cfg in (fp4_large.configs if all_configs else fp4_large.configs[:1]):
-        kw = cfg.kwargs
-        cases.append((f"nvfp4_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", fp4_large.fn,
-                      {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "s2_ptr": "*fp32", "bias_ptr": "*bf16",
-                       "out_ptr": "*bf16", "M": "i32", "N": "i32", "M_BUCKET": "i32", "stride_xm": "i32",
-                       "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32", "K": "constexpr",
-                       "HAS_BIAS": "constexpr", "DOT_F32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
-                       "BLOCK_K": "constexpr", "GROUP_M": "constexpr"},
-                      {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw}, (0, 1, 2, 3, 4, 5, 9, 10, 11, 12), cfg))
-    for cfg in (fp4_small.configs if all_configs else fp4_small.configs[:1]):
-        kw = cfg.kwargs
-        for atomic in ((True, False) if all_configs else (True,)):
-            cases.append((f"nvfp4_splitk[{kw['BLOCK_N']}x{kw['BLOCK_K']},atomic={atomic}]", fp4_small.fn,
-                          {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "s2_ptr": "*fp32", "bias_ptr": "*bf16",
-                           "out_ptr": "*bf16", "part_ptr": "*fp32", "cnt_ptr": "*i32", "M": "i32", "N": "i32",
-                           "stride_xm": "i32", "stride_wn": "i32", "stride_sn": "i32", "stride_om": "i32",
-                           "K": "constexpr", "SPLIT_K": "constexpr", "ATOMIC_FIXUP": "constexpr",
-                           "HAS_BIAS": "constexpr", "DOT_F32": "constexpr", "BLOCK_M": "constexpr",
-                           "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
-                          {"K": 3072, "SPLIT_K": 4, "ATOMIC_FIXUP": atomic, "HAS_BIAS": True, "DOT_F32": False,
-                           "BLOCK_M": 16, **kw},
-                          (0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13), cfg))
-    reduce_case = ("splitk_reduce", fp4_reduce,
-                  {"part_ptr": "*fp32", "s2_ptr": "*fp32", "bias_ptr": "*bf16", "out_ptr": "*bf16", "MN": "i32",
-                   "N": "i32", "SPLIT_K": "constexpr", "HAS_BIAS": "constexpr", "BLOCK": "constexpr"},
-                  {"SPLIT_K": 4, "HAS_BIAS": True, "BLOCK": 1024}, (0, 1, 2, 3, 4, 5))
-    if all_configs:
-        cases.append(reduce_case)
     for cfg in (q8_large.configs if all_configs else q8_large.configs[:1]):
         kw = cfg.kwargs
         cases.append((f"q8_0_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q8_large.fn,
@@ -85,7 +56,7 @@ def _cases(all_configs: bool = False):
         cases.append((f"q4_k_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q4k_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
-    for mode, asm, split in ((0, False, 4), (2, True, 1), (2, True, 4), (2, False, 1)):
+    for mode, asm, split in ((0, True, 4), (0, False, 1), (2, True, 1), (2, True, 4), (2, False, 1)):
         cases.append((f"nvfp4_gemv[mode={mode},asm={asm},split={split}]", nvfp4_fast.gemv_kernel,
                       {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "out_ptr": "*bf16", "part_ptr": "*fp32",
                        "cnt_ptr": "*i32", "gscale_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32",
@@ -99,14 +70,6 @@ def _cases(all_configs: bool = False):
                        "HAS_BIAS": True, "MODE": mode, "X_SPLIT": True, "DOT_F32": False, "DECODE_ASM": asm,
                        "STAGES": 4},
                       (0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14)))
-    _, nq = norm_quant._build(False)
-    cases.append(("layernorm_modulate_quant[fp8e4nv]", nq,
-                  {"x_ptr": "*bf16", "shift_ptr": "*bf16", "scale_ptr": "*bf16", "q_ptr": "*fp8e4nv", "s_ptr": "*fp32",
-                   "M": "i32", "tokens_per_batch": "i32", "stride_xm": "i32", "stride_mod": "i32", "stride_qm": "i32",
-                   "eps": "fp32", "K": "constexpr", "QMAX": "constexpr", "IS_INT8": "constexpr",
-                   "STORE_F32": "constexpr", "BLOCK_K": "constexpr"},
-                  {"K": 3072, "QMAX": 448.0, "IS_INT8": False, "STORE_F32": False, "BLOCK_K": 4096},
-                  (0, 1, 2, 3, 4, 7, 8, 9)))
     _, ga = group_affine_gemm._build(False)
     variants = ((8, False), (4, True)) if all_configs else ((4, True),)
     for bits, has_min, cfg in [(b, m, c) for b, m in variants

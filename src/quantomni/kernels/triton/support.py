@@ -10,10 +10,9 @@ import torch
 KERNELS = {
     "per_token_quant_fp8": ((8, 9), 1, "fused per-token FP8 activation quant"),
     "per_token_quant_int8": ((8, 0), 1, "fused per-token INT8 activation quant"),
-    "layernorm_modulate_quant": ((8, 9), 1, "fused LayerNorm + AdaLN modulation + per-token quant"),
     "int8_scaled_mm": ((8, 0), 1, "INT8 W8A8 GEMM, int32 accumulation, fused epilogue"),
     "fp8_scaled_mm": ((8, 9), 16, "FP8 W8A8 GEMM, fused epilogue"),
-    "nvfp4_w4a16_mm": ((8, 0), 16, "NVFP4 W4A16 GEMM (E2M1 unpack in registers, bf16 MMA)"),
+    "nvfp4_w4a16_mm": ((8, 0), 64, "NVFP4 W4A16 (E2M1 decoded in registers: decode-GEMV, dequantizer + cuBLAS)"),
     "q8_0_mm": ((8, 0), 32, "GGUF Q8_0 fused dequant GEMM"),
     "q4_k_mm": ((8, 0), 256, "GGUF Q4_K fused dequant GEMM"),
 }

@@ -22,7 +22,9 @@ def register_ops() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from . import act_quant, fp8_gemm, gguf_gemm, group_affine_gemm, int8_gemm, norm_quant, nvfp4_gemm
+    from quantomni.kernels.nvfp4_triton import nvfp4_w4a16_linear
+
+    from . import act_quant, fp8_gemm, gguf_gemm, group_affine_gemm, int8_gemm
 
     def op(name):
         return torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=())
@@ -64,7 +66,9 @@ def register_ops() -> None:
     @op("nvfp4_w4a16_mm")
     def _nvfp4(x: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor, w_scale_2: torch.Tensor,
                bias: Optional[torch.Tensor], out_dtype: torch.dtype) -> torch.Tensor:
-        return nvfp4_gemm.nvfp4_w4a16_mm(x, w_packed, w_scale, w_scale_2, bias, out_dtype)
+        # the backend's own path (decode-GEMV up to 16 rows, else dequantize + cuBLAS), in out_dtype
+        x, bias = x.to(out_dtype), None if bias is None else bias.to(out_dtype)
+        return nvfp4_w4a16_linear(x, w_packed, w_scale, w_scale_2, bias)
 
     @_nvfp4.register_fake
     def _(x, w_packed, w_scale, w_scale_2, bias, out_dtype):
@@ -87,15 +91,6 @@ def register_ops() -> None:
     @_q4_k.register_fake
     def _(x, w_packed, bias, out_dtype):
         return x.new_empty((x.shape[0], w_packed.shape[0]), dtype=out_dtype)
-
-    @op("layernorm_modulate_quant")
-    def _ln_mod_quant(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, out_dtype: torch.dtype,
-                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return norm_quant.layernorm_modulate_quant(x, shift, scale, out_dtype, eps)
-
-    @_ln_mod_quant.register_fake
-    def _(x, shift, scale, out_dtype, eps):
-        return x.new_empty(x.shape, dtype=out_dtype), x.new_empty((x.shape[0], 1), dtype=torch.float32)
 
     @op("group_affine_mm")
     def _group_affine(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, min: Optional[torch.Tensor],
