@@ -7,7 +7,11 @@ registers, then BF16 tensor-core MMA.
   bytes per weight with scales). M == 1 runs on CUDA cores, M > 1 as a swapped-operand dot
   ``w @ x.T`` (see ``gemv_kernel``). Low and high nibbles are decoded as two half-width tiles and
   multiplied with the even and odd columns of x, so no register shuffle (join/interleave) is
-  needed. Bound by the decode's integer work rather than by memory (docs/performance.md).
+  needed. On NVIDIA GPUs the MMA modes decode through inline PTX (two weights per bf16x2
+  instruction, ``_e2m1x4_bf16``) and mode 0 widens x pairs the same way (``_x_pairs_f32``); the
+  CPU interpreter runs the float32 decode, which gives bit-identical weights. Loads are pipelined
+  explicitly (``tl.range`` stages). Bound by instruction issue and latency rather than by memory
+  (docs/performance.md, fourth pass).
 * ``nvfp4_dequantize_bf16``: one pass writes the dense bf16/fp16 weight (value x block scale x
   global scale) for a cuBLAS GEMM at large M. Each packed byte becomes one 32-bit word holding its
   two 16-bit values (low nibble = even column = low half-word, little-endian), stored as int32: no
@@ -52,36 +56,30 @@ def _e2m1_hi(p):
     return (((p & 0x80) << 24) | ((p & 0x70) << 18)).to(tl.float32, bitcast=True)
 
 
+def _e2m1_pair_ptx(out: int, sign_shift: int, bits_shift: int) -> str:
+    """PTX placing one nibble of each half of t as a bf16 (sign to bit 15, exponent/mantissa bits to
+    8..6: E2M1 value x 2**-126), then scaling the pair by the bf16x2 scales in $3 into output $out."""
+    return (f"shl.b32 a, t, {sign_shift}; shl.b32 b, t, {bits_shift}; and.b32 a, a, 0x80008000; "
+            f"and.b32 b, b, 0x01C001C0; or.b32 a, a, b; fma.rn.bf16x2 ${out}, a, $3, nz;")
+
+
+#: low nibbles (bits 3..0 of each half) sit 12 / 6 bits below their bf16 places, high nibbles 8 / 2
+_E2M1X2_PTX = tl.constexpr(
+    "{ .reg .b32 t, a, b, z, nz; mov.b32 z, 0; mov.b32 nz, 0x80008000; prmt.b32 t, $2, z, 0x4140; "
+    + _e2m1_pair_ptx(0, 12, 6) + " " + _e2m1_pair_ptx(1, 8, 2) + " }")
+
+
 @triton.jit
 def _e2m1x4_bf16(p, scale):
     """Inline-PTX decode for the MMA modes: p uint8 packed bytes, scale bf16 (block scale x 2**118,
     broadcast to p's shape) -> (low-nibble, high-nibble) bf16 tensors of E2M1 value x block scale x
-    2**-8, exact. Four bytes per call: PRMT spreads bytes 0/1 (2/3) into the two halves of a word,
-    two shifts and masks place sign and exponent/mantissa bits of one nibble per half (a bf16 pair
-    of E2M1 value x 2**-126; code 1 is the bf16 subnormal 2**-127), and one bf16x2 FMA applies the
-    two scales: about 2.5 instructions per weight pair instead of the 8+ of the float32 decode."""
+    2**-8, exact. Two bytes per call (the pair a thread holds in the MMA operand layout): PRMT puts
+    byte 0 and byte 1 in the two halves of a word, two shifts and masks place the sign and
+    exponent/mantissa bits of one nibble per half (a bf16 pair of E2M1 value x 2**-126; code 1 is
+    the bf16 subnormal 2**-127), and one bf16x2 FMA applies the two scales: 5-6 instructions per
+    pair of weights instead of about 8 for the float32 decode."""
     return tl.inline_asm_elementwise(
-        asm="""
-        {
-        .reg .b32 t, a, b, z, nz;
-        mov.b32 z, 0;
-        mov.b32 nz, 0x80008000;
-        prmt.b32 t, $2, z, 0x4140;
-        shl.b32 a, t, 12;
-        shl.b32 b, t, 6;
-        and.b32 a, a, 0x80008000;
-        and.b32 b, b, 0x01C001C0;
-        or.b32 a, a, b;
-        fma.rn.bf16x2 $0, a, $3, nz;
-        shl.b32 a, t, 8;
-        shl.b32 b, t, 2;
-        and.b32 a, a, 0x80008000;
-        and.b32 b, b, 0x01C001C0;
-        or.b32 a, a, b;
-        fma.rn.bf16x2 $1, a, $3, nz;
-        }
-        """,
-        constraints="=r,=r,r,r",
+        asm=_E2M1X2_PTX, constraints="=r,=r,r,r",
         args=[p, scale], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=2)
 
 
