@@ -9,6 +9,9 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+
 import torch
 import torch.nn.functional as F
 
@@ -24,12 +27,17 @@ _DEQUANT = {  # qtype name -> (module, plain function, custom-op factory)
 _BLOCK = {"Q8_0": 32, "Q4_K": 256}
 
 
-def _dequant_fn(qtype_name: str):
-    import importlib
-
+@functools.cache
+def _dequant_fns(qtype_name: str):
+    """(plain function, custom-op factory) of the qtype's dequantizer, looked up once."""
     module, plain, op = _DEQUANT[qtype_name]
     mod = importlib.import_module(module)
-    return getattr(mod, op)() if torch.compiler.is_compiling() else getattr(mod, plain)
+    return getattr(mod, plain), getattr(mod, op)
+
+
+def _dequant_fn(qtype_name: str):
+    plain, op = _dequant_fns(qtype_name)
+    return op() if torch.compiler.is_compiling() else plain
 
 
 class TritonGgufKernel(LinearKernel):
@@ -46,13 +54,11 @@ class TritonGgufKernel(LinearKernel):
     @classmethod
     def prepare(cls):
         """Register the custom ops outside any torch.compile trace."""
-        import importlib
-
         from quantomni.kernels.triton_backends import register_triton_ops
 
         register_triton_ops()
-        for module, _, op in _DEQUANT.values():
-            getattr(importlib.import_module(module), op)()
+        for name in _DEQUANT:
+            _dequant_fns(name)[1]()
 
     @classmethod
     def can_implement(cls, spec: KernelSpec):

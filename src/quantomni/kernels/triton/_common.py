@@ -135,3 +135,19 @@ def num_sms(device) -> int:
     if device.type != "cuda":
         return 4
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def dequant_custom_op(name: str, fn):
+    """``torch.ops.quantomni_gguf.<name>(packed, in_features, dtype)`` running ``fn`` with the same
+    arguments, with a fake implementation ([N, in_features] in dtype) so torch.compile traces it.
+    Call once per name (the callers cache it)."""
+
+    @torch.library.custom_op(f"quantomni_gguf::{name}", mutates_args=())
+    def op(packed: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+        return fn(packed, in_features, dtype)
+
+    @op.register_fake
+    def _(packed, in_features, dtype):
+        return packed.new_empty((packed.shape[0], in_features), dtype=dtype)
+
+    return getattr(torch.ops.quantomni_gguf, name)

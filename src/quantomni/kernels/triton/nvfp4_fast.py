@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from quantomni.kernels.triton._common import fixup_workspace, num_sms
+from quantomni.kernels.triton._jit import pack_16bit_pairs
 
 # Imported only when the Triton NVFP4 backend runs (kernels/nvfp4_triton.py imports this lazily).
 
@@ -246,13 +247,7 @@ def dequant_kernel(w_ptr, s_ptr, out_ptr, gscale_ptr, N, stride_wn, stride_sn, s
     lo = tl.reshape(tl.reshape(_e2m1_lo(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF)) * gs
     hi = tl.reshape(tl.reshape(_e2m1_hi(p), (BLOCK_N, GROUPS, 8)) * scale, (BLOCK_N, HALF)) * gs
     if PAIRS:
-        if FP16:
-            lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True)
-            hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True)
-        else:
-            lo16 = lo.to(tl.bfloat16).to(tl.int16, bitcast=True)
-            hi16 = hi.to(tl.bfloat16).to(tl.int16, bitcast=True)
-        word = (lo16.to(tl.int32) & 0xFFFF) | (hi16.to(tl.int32) << 16)
+        word = pack_16bit_pairs(lo, hi, FP16)
         # stride_on counts int32 words (two 16-bit values)
         tl.store(out_ptr + rn[:, None] * stride_on + rb[None, :], word, mask=nmask[:, None])
     else:

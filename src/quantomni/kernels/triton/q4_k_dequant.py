@@ -13,6 +13,8 @@ import functools
 
 import torch
 
+from ._common import dequant_custom_op
+
 Q4_K_BLOCK_BYTES = 144
 Q4_K_BLOCK_ELEMS = 256
 
@@ -81,13 +83,4 @@ def q4_k_dequantize(packed: torch.Tensor, in_features: int, dtype: torch.dtype =
 @functools.cache
 def q4_k_dequant_op():
     """``torch.ops.quantomni_gguf.q4_k_dequant`` (traceable by torch.compile)."""
-
-    @torch.library.custom_op("quantomni_gguf::q4_k_dequant", mutates_args=())
-    def op(packed: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-        return q4_k_dequantize(packed, in_features, dtype)
-
-    @op.register_fake
-    def _(packed, in_features, dtype):
-        return packed.new_empty((packed.shape[0], in_features), dtype=dtype)
-
-    return torch.ops.quantomni_gguf.q4_k_dequant
+    return dequant_custom_op("q4_k_dequant", q4_k_dequantize)

@@ -11,44 +11,39 @@ from __future__ import annotations
 import functools
 
 import torch
+import triton
+import triton.language as tl
+
+from ._common import dequant_custom_op
+from ._jit import pack_16bit_pairs
+
+# importing this module imports triton: kernels/gguf_triton.py loads it only when the Triton backend runs
 
 Q8_0_BLOCK_BYTES = 34
 Q8_0_BLOCK_ELEMS = 32
 
 
-@functools.cache
-def _kernel():
-    import triton
-    import triton.language as tl
+@triton.jit
+def q8_0_dequant_kernel(p16, out, n_blocks, BLOCKS: tl.constexpr, PAIRS: tl.constexpr, FP16: tl.constexpr):
+    """The packed rows are contiguous, so the weight is one flat run of blocks: program i expands
+    blocks [i*BLOCKS, (i+1)*BLOCKS). Block b = 17 int16 words: the scale, then 16 words of two codes
+    each (low byte = even column). PAIRS (16-bit output): out is the int32 view of the dense weight
+    and each code word becomes one output word (two values); else out is float32."""
+    blocks = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)
+    bmask = blocks < n_blocks
+    d = tl.load(p16 + blocks * 17, mask=bmask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+    j = tl.arange(0, 16)
+    w = tl.load(p16 + blocks[:, None] * 17 + 1 + j[None, :], mask=bmask[:, None], other=0).to(tl.int32)
+    lo = ((w << 24) >> 24).to(tl.float32) * d[:, None]  # sign-extended low byte
+    hi = (w >> 8).to(tl.float32) * d[:, None]  # arithmetic shift of the sign-extended word
+    if PAIRS:
+        word = pack_16bit_pairs(lo, hi, FP16)
+        tl.store(out + blocks[:, None] * 16 + j[None, :], word, mask=bmask[:, None])
+    else:
+        col = blocks[:, None] * 32 + 2 * j[None, :]
+        tl.store(out + col, lo, mask=bmask[:, None])
+        tl.store(out + col + 1, hi, mask=bmask[:, None])
 
-    @triton.jit
-    def q8_0_dequant_kernel(p16, out, n_blocks, BLOCKS: tl.constexpr, PAIRS: tl.constexpr, FP16: tl.constexpr):
-        """The packed rows are contiguous, so the weight is one flat run of blocks: program i expands
-        blocks [i*BLOCKS, (i+1)*BLOCKS). Block b = 17 int16 words: the scale, then 16 words of two codes
-        each (low byte = even column). PAIRS (16-bit output): out is the int32 view of the dense weight
-        and each code word becomes one output word (two values); else out is float32."""
-        blocks = tl.program_id(0).to(tl.int64) * BLOCKS + tl.arange(0, BLOCKS)
-        bmask = blocks < n_blocks
-        d = tl.load(p16 + blocks * 17, mask=bmask, other=0).to(tl.float16, bitcast=True).to(tl.float32)
-        j = tl.arange(0, 16)
-        w = tl.load(p16 + blocks[:, None] * 17 + 1 + j[None, :], mask=bmask[:, None], other=0).to(tl.int32)
-        lo = ((w << 24) >> 24).to(tl.float32) * d[:, None]  # sign-extended low byte
-        hi = (w >> 8).to(tl.float32) * d[:, None]  # arithmetic shift of the sign-extended word
-        if PAIRS:
-            if FP16:
-                lo16 = lo.to(tl.float16).to(tl.int16, bitcast=True)
-                hi16 = hi.to(tl.float16).to(tl.int16, bitcast=True)
-            else:
-                lo16 = lo.to(tl.bfloat16).to(tl.int16, bitcast=True)
-                hi16 = hi.to(tl.bfloat16).to(tl.int16, bitcast=True)
-            word = (lo16.to(tl.int32) & 0xFFFF) | (hi16.to(tl.int32) << 16)
-            tl.store(out + blocks[:, None] * 16 + j[None, :], word, mask=bmask[:, None])
-        else:
-            col = blocks[:, None] * 32 + 2 * j[None, :]
-            tl.store(out + col, lo, mask=bmask[:, None])
-            tl.store(out + col + 1, hi, mask=bmask[:, None])
-
-    return triton, q8_0_dequant_kernel
 
 
 def q8_0_dequantize(packed: torch.Tensor, in_features: int, dtype: torch.dtype = torch.bfloat16, *,
@@ -65,24 +60,14 @@ def q8_0_dequantize(packed: torch.Tensor, in_features: int, dtype: torch.dtype =
     n = packed.shape[0]
     n_blocks = n * (in_features // Q8_0_BLOCK_ELEMS)
     out = torch.empty(n, in_features, device=packed.device, dtype=dtype)
-    triton, kernel = _kernel()
     pairs = dtype != torch.float32
-    kernel[(triton.cdiv(n_blocks, blocks),)](packed.view(torch.int16), out.view(torch.int32) if pairs else out,
-                                             n_blocks, BLOCKS=blocks, PAIRS=pairs, FP16=dtype == torch.float16,
-                                             num_warps=num_warps)
+    target = out.view(torch.int32) if pairs else out
+    q8_0_dequant_kernel[(triton.cdiv(n_blocks, blocks),)](packed.view(torch.int16), target, n_blocks, BLOCKS=blocks,
+                                                          PAIRS=pairs, FP16=dtype == torch.float16, num_warps=num_warps)
     return out
 
 
 @functools.cache
 def q8_0_dequant_op():
     """``torch.ops.quantomni_gguf.q8_0_dequant`` (traceable by torch.compile)."""
-
-    @torch.library.custom_op("quantomni_gguf::q8_0_dequant", mutates_args=())
-    def op(packed: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
-        return q8_0_dequantize(packed, in_features, dtype)
-
-    @op.register_fake
-    def _(packed, in_features, dtype):
-        return packed.new_empty((packed.shape[0], in_features), dtype=dtype)
-
-    return torch.ops.quantomni_gguf.q8_0_dequant
+    return dequant_custom_op("q8_0_dequant", q8_0_dequantize)
