@@ -3,7 +3,8 @@
 Why: the CPU interpreter checks arithmetic but not whether Triton can lower a kernel for Hopper
 (layouts, fp8/int8 wgmma, join/reshape). triton.compile with an explicit GPUTarget runs the whole
 pipeline down to a cubin with the ptxas bundled in the triton wheel, no driver needed; the SASS
-then shows which tensor-core instructions each kernel uses (HGMMA/QGMMA/IGMMA = Hopper wgmma).
+then shows which tensor-core instructions each kernel uses (HGMMA/QGMMA/IGMMA = Hopper wgmma) and
+how many instructions a thread issues per K-loop iteration ("loop").
 
 Usage: python -m quantomni.kernels.triton.sm90_compile_check   (TRITON_INTERPRET must be unset)
 """
@@ -56,7 +57,7 @@ def _cases(all_configs: bool = False):
         cases.append((f"q4_k_mm[{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}]", q4k_large.fn,
                       gguf_gemm.SIGNATURE, {"K": 3072, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       gguf_gemm.DIVISIBLE_ARGS, cfg))
-    for mode, asm, split in ((0, True, 4), (0, False, 1), (2, True, 1), (2, True, 4), (2, False, 1)):
+    for mode, asm, split in ((0, True, 1), (0, False, 1), (0, True, 2), (2, True, 1), (2, True, 4), (2, False, 1)):
         cases.append((f"nvfp4_gemv[mode={mode},asm={asm},split={split}]", nvfp4_fast.gemv_kernel,
                       {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*u8", "out_ptr": "*bf16", "part_ptr": "*fp32",
                        "cnt_ptr": "*i32", "gscale_ptr": "*fp32", "bias_ptr": "*bf16", "M": "i32", "N": "i32",
@@ -66,7 +67,7 @@ def _cases(all_configs: bool = False):
                        "X_SPLIT": "constexpr", "DOT_F32": "constexpr", "DECODE_ASM": "constexpr",
                        "STAGES": "constexpr"},
                       {"K_PER_SPLIT": 3072 // split, "BLOCK_M": 1 if mode == 0 else 16,
-                       "BLOCK_N": 16 if mode == 0 else 64, "BLOCK_K": 256 if mode == 0 else 128, "ATOMIC": split > 1,
+                       "BLOCK_N": 16 if mode == 0 else 64, "BLOCK_K": 512 if mode == 0 else 128, "ATOMIC": split > 1,
                        "HAS_BIAS": True, "MODE": mode, "X_SPLIT": True, "DOT_F32": False, "DECODE_ASM": asm,
                        "STAGES": 4},
                       (0, 1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 14)))
@@ -101,7 +102,23 @@ def _sass_mma_counts(cubin: bytes) -> dict:
     counts = {op: len(re.findall(rf"\b{op}\b", sass)) for op in _MMA_OPS if re.search(rf"\b{op}\b", sass)}
     # local-memory stores in SASS mean register spills
     counts["STL"] = len(re.findall(r"\bSTL\b", sass))
+    counts["loop"] = _main_loop_length(sass)
     return counts
+
+
+def _main_loop_length(sass: str) -> int:
+    """SASS instructions (per thread) in the longest backward-branch loop: the K loop's issue cost."""
+    addrs, spans = [], []
+    for m in re.finditer(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)([^;]*);", sass):
+        addr = int(m.group(1), 16)
+        addrs.append(addr)
+        target = re.search(r"0x([0-9a-f]+)", m.group(3)) if m.group(2).startswith("BRA") else None
+        if target and int(target.group(1), 16) < addr:
+            spans.append((int(target.group(1), 16), addr))
+    if not spans:
+        return 0
+    lo, hi = max(spans, key=lambda sp: sp[1] - sp[0])
+    return sum(lo <= a <= hi for a in addrs)
 
 
 #: H100/H200 opt-in shared memory per block (227 KB)
