@@ -8,6 +8,9 @@ times back-to-back calls with events; "graph" captures the same calls in one CUD
 gaps removed, as in a captured decode step).
 
     PYTHONPATH=src python benchmarks/sweep_weight_kernels.py --out sweep.json [--parts dequant,gemv,w8a8]
+
+Parts: ``dequant`` (GGUF/NVFP4 Triton dequantizers), ``gemv`` (Triton NVFP4 decode-GEMV),
+``cuda_gemv`` (the CUDA C++ NVFP4 mma GEMV and its dequantizer, ``kernels/cuda``), ``w8a8``.
 """
 from __future__ import annotations
 
@@ -163,6 +166,76 @@ def gemv_grid(m: int) -> list[dict]:
     return grid
 
 
+def cuda_gemv_grid(m: int, n: int, k: int) -> list[dict]:
+    """Plans tried for the CUDA GEMV: warps per block x unroll x K splits (as block counts)."""
+    tiles, steps = n // 16, k // 64
+    grid = []
+    pairs = ((4, 1), (4, 2), (4, 4), (4, 6), (8, 1), (8, 2), (8, 3), (8, 6))
+    for (w, u), sp in itertools.product(pairs, (1, 2, 3, 4, 6, 8, 12, 16)):
+        if sp > steps or -(-steps // sp) < 1 or tiles * sp > 64 * 132:
+            continue
+        grid.append(dict(warps=w, unroll=u, splits=sp))
+    return grid
+
+
+def sweep_cuda_gemv(rows, errors, ms=(1, 4, 16), shard=None):
+    """The CUDA mma GEMV over cuda_gemv_grid (graph mode), and its dequantizer's bandwidth."""
+    del shard
+    from quantomni.kernels.cuda import nvfp4_mma
+    from quantomni.kernels.cuda.nvfp4_mma_layout import relayout
+    from quantomni.kernels.nvfp4_ref import nvfp4_dequantize, nvfp4_quantize, nvfp4_unpack
+
+    t = time.time()
+    ok, why = nvfp4_mma.is_supported(torch.device("cuda"))
+    print(f"# cuda kernels: {ok} {why} (build {time.time() - t:.1f} s)", flush=True)
+    if not ok:
+        errors.append(why)
+        return
+    for k, n in SHAPES + OMNI_SHAPES:
+        w = torch.randn(n, k, device="cuda") / k**0.5
+        packed, ws, ws2 = nvfp4_quantize(w)
+        w_deq = nvfp4_dequantize(packed, ws, ws2, torch.float64)
+        words, scales = relayout(packed, ws)
+        q_src = [(words, scales)] + [(words.clone(), scales.clone()) for _ in range(copies_for(packed.numel()) - 1)]
+        b_src = [w.to(torch.bfloat16)] + [w.to(torch.bfloat16) for _ in range(copies_for(w.numel() * 2) - 1)]
+        exact = (nvfp4_unpack(packed).double().view(n, k // 16, 16) * ws.double().unsqueeze(-1) * float(ws2))
+        exact = exact.reshape(n, k).float().to(torch.bfloat16)
+        for items in nvfp4_mma.DEQUANT_ITEMS:
+            r = {"part": "cuda_dequant", "K": k, "N": n, "items": items}
+            try:
+                out = nvfp4_mma.dequantize(words, scales, ws2, n, k, items=items)
+                r["exact"] = bool(torch.equal(out, exact))
+                r["ms"] = time_calls([lambda s=s: nvfp4_mma.dequantize(*s, ws2, n, k, items=items) for s in q_src], True)
+                r["tb_s"] = (packed.numel() + ws.numel() + n * k * 2) / (r["ms"] * 1e-3) / 1e12
+            except Exception as exc:
+                r["error"] = f"{type(exc).__name__}: {exc}"[:300]
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+        for m in ms:
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            ref = x.double() @ w_deq.t()
+            base = {"part": "gemv", "M": m, "K": k, "N": n}
+            r = dict(base, variant="bf16", graph=True)
+            r["ms"] = time_calls([lambda wb=wb: F.linear(x, wb) for wb in b_src], True)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            for kw in [{}] + cuda_gemv_grid(m, n, k):
+                plan = nvfp4_mma.gemv_plan(m, n, k, **kw)
+                r = dict(base, variant="cuda_gemv", plan=kw or "default", resolved=str(plan))
+                try:
+                    out = nvfp4_mma.gemv(x, words, scales, ws2, None, n, plan=plan)
+                    r["rel_err"] = rel(out, ref)
+                    if not r["rel_err"] < 1e-2:
+                        raise AssertionError(f"rel_err {r['rel_err']}")
+                    r["graph_ms"] = time_calls([lambda s=s: nvfp4_mma.gemv(x, *s, ws2, None, n, plan=plan) for s in q_src], True)
+                except Exception as exc:
+                    r["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                rows.append(r)
+                if kw == {} or "error" in r:
+                    print(json.dumps(r), flush=True)
+        del q_src, b_src
+
+
 def sweep_gemv(rows, errors, ms=(1, 4, 16), shard=None):
     """Graph-mode time of every plan in gemv_grid (eager time is CPU launch cost; bench_nvfp4.py
     reports both for the chosen plans). shard=(i, n): compile and check only every n-th case from
@@ -289,8 +362,8 @@ def main(argv=None) -> int:
     for part in args.parts.split(","):
         t = time.time()
         try:
-            if part == "gemv":
-                sweep_gemv(rows, errors, **gemv_kw)
+            if part in ("gemv", "cuda_gemv"):
+                (sweep_gemv if part == "gemv" else sweep_cuda_gemv)(rows, errors, **gemv_kw)
             else:
                 {"dequant": sweep_dequant, "w8a8": sweep_w8a8}[part](rows, errors)
         except Exception:
@@ -312,13 +385,29 @@ def summarize(rows):
         b = grp[0]
         cfg = {x: b[x] for x in b if x in ("blocks", "super_blocks", "block_n", "block_k", "num_warps")}
         print(kk, f"{b['ms'] * 1e3:.1f} us {b['tb_s']:.2f} TB/s mismatch {b['mismatch']:.3g} {cfg}")
+    for r in rows:
+        if r["part"] == "cuda_dequant":
+            print("cuda dequant", r["K"], r["N"], r["items"], f"{r.get('ms', float('nan')) * 1e3:.1f} us {r.get('tb_s', float('nan')):.2f} TB/s",
+                  "exact" if r.get("exact") else "NOT EXACT", r.get("error", ""))
     print("\n== gemv (graph): bf16 vs default plan vs best plan, us ==")
     key = lambda r: (r["M"], r["K"], r["N"])
     g = [r for r in rows if r["part"] == "gemv"]
+    for variant in sorted({r["variant"] for r in g} - {"bf16"}):
+        print(f"-- {variant}")
+        summarize_gemv(g, variant)
+    print("\n== w8a8 M=4608 [ms, TOP/s] ==")
+    for r in rows:
+        if r["part"] == "w8a8":
+            print(r["K"], r["N"], r.get("dtype", "bf16"), r["variant"], f"{r.get('ms', float('nan')):.4f}",
+                  f"{r.get('tops', float('nan')):.0f}", r.get("rel_err", ""), r.get("error", "")[:120])
+
+
+def summarize_gemv(g, variant):
+    key = lambda r: (r["M"], r["K"], r["N"])
     for kk, grp in itertools.groupby(sorted(g, key=key), key):
         grp = list(grp)
         bf = [r["ms"] for r in grp if r["variant"] == "bf16"]
-        q = [r for r in grp if r["variant"] != "bf16" and "graph_ms" in r]
+        q = [r for r in grp if r["variant"] == variant and "graph_ms" in r]
         if not q or not bf:
             print(kk, "no result")
             continue
@@ -327,11 +416,6 @@ def summarize(rows):
         d = f"default {dflt[0]['graph_ms'] * 1e3:.1f} ({bf[0] / dflt[0]['graph_ms']:.2f}x)" if dflt else "default failed"
         print(kk, f"bf16 {bf[0] * 1e3:.1f} | {d} | best {best['graph_ms'] * 1e3:.1f} ({bf[0] / best['graph_ms']:.2f}x) "
               f"{best['plan']} err {best['rel_err']:.1e}")
-    print("\n== w8a8 M=4608 [ms, TOP/s] ==")
-    for r in rows:
-        if r["part"] == "w8a8":
-            print(r["K"], r["N"], r.get("dtype", "bf16"), r["variant"], f"{r.get('ms', float('nan')):.4f}",
-                  f"{r.get('tops', float('nan')):.0f}", r.get("rel_err", ""), r.get("error", "")[:120])
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ class LinearKernel:
         """One-time set-up once the kernel is chosen for a layer, outside any torch.compile trace
         (e.g. registering custom ops). Must be idempotent."""
 
+    @classmethod
+    def process_loaded(cls, layer) -> None:
+        """Once a layer's tensors are loaded and processed by its method: re-lay them out for this
+        kernel if it needs to (default: use them as they are). Runs outside any trace."""
+
     @staticmethod
     def apply(layer, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -84,6 +89,7 @@ _KERNELS: dict[str, list[str]] = {
     ],
     "nvfp4": [
         "quantomni.kernels.nvfp4_native:NativeFp4Kernel",
+        "quantomni.kernels.nvfp4_cuda:CudaNvfp4Kernel",
         "quantomni.kernels.nvfp4_triton:TritonNvfp4Kernel",
         "quantomni.kernels.nvfp4_torch:TorchNvfp4Kernel",
     ],

@@ -128,7 +128,7 @@ def load_component_streaming(
                 ql.method.load_tensor(ql, suffix, tensor)
                 del tensor
                 if ql.method.is_complete(ql):
-                    ql.method.process_weights_after_loading(ql, device)
+                    finish_layer(ql, device)
             else:
                 _assign(model, name, tensor, kind, dtype, device, keep_fp32)
                 del tensor
@@ -147,6 +147,13 @@ def load_component_streaming(
     stats.weight_bytes = module_bytes(model)
     stats.load_time_s = time.perf_counter() - t0
     return model, plan, stats
+
+
+def finish_layer(ql, device) -> None:
+    """The method processes the loaded tensors, then the chosen kernel may re-lay them out."""
+    ql.method.process_weights_after_loading(ql, device)
+    if ql.kernel is not None:
+        ql.kernel.process_loaded(ql)
 
 
 def _assign(model, name, tensor, kind, dtype, device, keep_fp32):
@@ -188,5 +195,5 @@ def quantize_module_in_place(
         if bias is not None:
             method.load_tensor(ql, "bias", bias)
         del weight, bias
-        method.process_weights_after_loading(ql, device)
+        finish_layer(ql, device)
     return plan

@@ -1,0 +1,231 @@
+"""NVFP4 W4A16 on GPUs without FP4 tensor cores, CUDA C++ (``nvfp4_mma.cu``, compiled with NVRTC).
+
+* ``gemv(x, packed, ...)`` for M <= 16: decode in registers into ``mma.sync`` fragments, weights
+  read once (memory-bound), K split over warps and blocks.
+* ``dequantize(packed, ...)``: the bf16 weight, for cuBLAS at larger M.
+
+``packed`` is the load-time layout of ``nvfp4_mma_layout`` (``relayout``). Under ``torch.compile``
+both run through ``torch.ops.quantomni_cuda`` custom ops; both can be captured in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import threading
+
+import torch
+
+from quantomni.kernels.cuda import runtime
+from quantomni.kernels.cuda.nvfp4_mma_layout import ROWS, STEP, cuda_defines
+
+MAX_M = 16
+WARPS = (2, 4, 8)
+UNROLLS = (1, 2, 3, 4, 6)
+DEQUANT_ITEMS = (1, 2, 4)
+
+
+def _names() -> list[str]:
+    names = [f"qo_nvfp4_gemv<{w}, {u}, {'true' if m16 else 'false'}>" for w in WARPS for u in UNROLLS for m16 in (False, True)]
+    return names + [f"qo_nvfp4_dequant<{i}>" for i in DEQUANT_ITEMS]
+
+
+@functools.cache
+def source() -> str:
+    with open(os.path.join(os.path.dirname(__file__), "nvfp4_mma.cu"), encoding="utf-8") as f:
+        return cuda_defines() + f.read()
+
+
+def _module(device: torch.device):
+    return runtime.load("nvfp4_mma", source, _names(), device)
+
+
+def is_supported(device) -> tuple[bool, str]:
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available() or torch.version.cuda is None:
+        return False, f"needs an NVIDIA CUDA device, got {device}"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < (8, 0):
+        return False, f"needs compute capability >= 8.0 (bf16 mma.sync), device has {cap[0]}.{cap[1]}"
+    ok, why = runtime.nvrtc_available()
+    if not ok:
+        return False, why
+    try:
+        _module(device)
+    except runtime.CudaRuntimeError as exc:
+        return False, f"kernel build failed: {exc}"
+    return True, "CUDA NVFP4 kernels (NVRTC)"
+
+
+@dataclasses.dataclass(frozen=True)
+class GemvPlan:
+    warps: int
+    unroll: int
+    splits: int
+    chunk: int  # K steps per split
+
+
+@functools.lru_cache(maxsize=4096)
+def gemv_plan(m: int, n: int, k: int, sms: int = 132, *, warps: int | None = None, unroll: int | None = None,
+              splits: int | None = None) -> GemvPlan:
+    """Blocks of ``warps`` warps on one 16-row tile, K split over the warps (and over ``splits``
+    blocks, reduced with fp32 atomics).
+
+    Rules from the H100 sweep (``benchmarks/sweep_weight_kernels.py --parts cuda_gemv``):
+    * 8 warps per block, or 4 where 8 would put more than ~46 (M <= 8) / ~23 (M > 8, twice the
+      activation registers) warps on each SM;
+    * split K across blocks only for long K: about 6 (8 warps) or 12 (4 warps) steps per warp; at
+      M > 8 a split uses 4 warps and 8 steps per warp;
+    * unroll (loads of several steps in flight per warp) where few warps share an SM: all of a
+      warp's steps (up to 6; 3 at M > 8) below 16 warps per SM, half of them below 32, else one.
+    """
+    tiles, steps = n // ROWS, k // STEP
+    scale = sms / 132
+    cap = (6144 if m <= 8 else 3072) * scale
+    w = warps or (8 if tiles * 8 <= cap else 4)
+    if splits is None:
+        splits = max(1, round(steps / (w * (6 if w == 8 else 12))))
+        if m > 8 and splits > 1 and warps is None:
+            w = 4
+            splits = max(1, round(steps / (w * 8)))
+    splits = max(1, min(splits, steps))
+    chunk = -(-steps // splits)
+    splits = -(-steps // chunk)
+    if unroll is None:
+        per_sm = tiles * w * splits / sms
+        per_warp = -(-chunk // w)
+        if w == 4:
+            unroll = 2 if m <= 8 else 1
+        elif per_sm < 16:
+            unroll = min(6 if m <= 8 else 3, per_warp)
+        elif per_sm < 32:
+            unroll = -(-per_warp // 2)
+        else:
+            unroll = 1
+        unroll = max(u for u in UNROLLS if u <= max(1, unroll))
+    return GemvPlan(w, unroll, splits, chunk)
+
+
+_ws_lock = threading.Lock()
+_workspaces: dict[int, list[torch.Tensor]] = {}
+
+
+def _workspace(device: torch.device, floats: int, counters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed fp32 partial sums and tile counters, shared by all layers of a device; every launch
+    leaves them zero again. Buffers are only ever added (a captured CUDA graph keeps pointing at the
+    one it used). One stream per device: concurrent launches on two streams would share them."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _ws_lock:
+        bufs = _workspaces.setdefault(index, [])
+        if not bufs or bufs[-1].numel() < floats + counters:
+            size = max(floats + counters, 2 * bufs[-1].numel() if bufs else 1 << 16)
+            bufs.append(torch.zeros(size, dtype=torch.float32, device=device))
+        ws = bufs[-1]
+    return ws[:floats], ws[floats:floats + counters].view(torch.int32)
+
+
+def reserve_workspace(device: torch.device, n: int) -> None:
+    """Allocate the split-K workspace for an N-wide layer now (at load time, not inside a CUDA
+    graph capture)."""
+    _workspace(torch.device(device), MAX_M * n, n // ROWS)
+
+
+def _check(x, packed, scales, n, k):
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be [M, {k}], got {list(x.shape)}")
+    if x.dtype != torch.bfloat16:
+        raise ValueError(f"x must be bfloat16, got {x.dtype}")
+    if x.shape[0] > MAX_M:
+        raise ValueError(f"gemv handles M <= {MAX_M}, got {x.shape[0]}")
+    if tuple(packed.shape) != (n // ROWS, k // STEP, 32, 4) or packed.dtype != torch.int32:
+        raise ValueError(f"packed weight must be int32 [{n // ROWS}, {k // STEP}, 32, 4], got {packed.dtype} {list(packed.shape)}")
+    if tuple(scales.shape) != (n // ROWS, k // STEP, 32) or scales.dtype != torch.int16:
+        raise ValueError(f"packed scales must be int16 [{n // ROWS}, {k // STEP}, 32], got {scales.dtype} {list(scales.shape)}")
+
+
+def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
+         bias: torch.Tensor | None, n: int, plan: GemvPlan | None = None) -> torch.Tensor:
+    """x [M <= 16, K] bf16 @ W^T (+ bias) -> [M, N] bf16."""
+    k = x.shape[-1]
+    _check(x, packed, scales, n, k)
+    m = x.shape[0]
+    if not x.is_contiguous() or x.data_ptr() % 16:
+        x = x.contiguous().clone() if x.data_ptr() % 16 else x.contiguous()
+    out = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+    if m == 0:
+        return out
+    if plan is None:
+        plan = gemv_plan(m, n, k, _sm_count(x.device))
+    module, lowered = _module(x.device)
+    fn = module.function(lowered[f"qo_nvfp4_gemv<{plan.warps}, {plan.unroll}, {'true' if m > 8 else 'false'}>"])
+    gscale = weight_scale_2.reshape(1).float() if weight_scale_2.dtype != torch.float32 else weight_scale_2
+    if plan.splits > 1:
+        ws, counters = _workspace(x.device, m * n, n // ROWS)
+    else:
+        ws, counters = gscale, gscale  # unused
+    if bias is not None and bias.dtype != torch.bfloat16:
+        bias = bias.to(torch.bfloat16)
+    runtime.launch(fn, (n // ROWS, plan.splits, 1), (32 * plan.warps, 1, 1),
+                   [packed, scales, x, gscale, bias if bias is not None else gscale, out, ws, counters,
+                    m, n, k, plan.chunk, bias is not None])
+    return out
+
+
+def dequantize(packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor, n: int, k: int,
+               items: int = 1) -> torch.Tensor:
+    """The bf16 weight [N, K] (exactly the reference dequantization rounded to bf16)."""
+    if tuple(packed.shape) != (n // ROWS, k // STEP, 32, 4):
+        raise ValueError(f"packed weight must be [{n // ROWS}, {k // STEP}, 32, 4], got {list(packed.shape)}")
+    out = torch.empty(n, k, dtype=torch.bfloat16, device=packed.device)
+    module, lowered = _module(packed.device)
+    threads = (n // ROWS) * (k // STEP) * 32
+    gscale = weight_scale_2.reshape(1).float() if weight_scale_2.dtype != torch.float32 else weight_scale_2
+    if items not in DEQUANT_ITEMS:
+        raise ValueError(f"items must be one of {DEQUANT_ITEMS}")
+    runtime.launch(module.function(lowered[f"qo_nvfp4_dequant<{items}>"]), (-(-threads // (256 * items)), 1, 1), (256, 1, 1),
+                   [packed, scales, gscale, out, n, k])
+    return out
+
+
+@functools.cache
+def _sm_count_cached(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device: torch.device) -> int:
+    return _sm_count_cached(device.index if device.index is not None else torch.cuda.current_device())
+
+
+# ---- torch.compile: custom ops ---------------------------------------------------------------
+
+_ops_lock = threading.Lock()
+_ops_registered = False
+
+
+def register_ops() -> None:
+    """``torch.ops.quantomni_cuda.nvfp4_mma_linear`` (idempotent; call outside any trace)."""
+    global _ops_registered
+    with _ops_lock:
+        if _ops_registered:
+            return
+
+        @torch.library.custom_op("quantomni_cuda::nvfp4_mma_linear", mutates_args=())
+        def nvfp4_mma_linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
+                             bias: torch.Tensor | None, n: int) -> torch.Tensor:
+            return linear(x, packed, scales, weight_scale_2, bias, n)
+
+        @nvfp4_mma_linear.register_fake
+        def _(x, packed, scales, weight_scale_2, bias, n):
+            return x.new_empty(x.shape[0], n)
+
+        _ops_registered = True
+
+
+def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
+           bias: torch.Tensor | None, n: int) -> torch.Tensor:
+    """x [M, K] -> [M, N] in x.dtype (bf16): the GEMV up to 16 rows, else dequantize + cuBLAS."""
+    if x.shape[0] <= MAX_M:
+        return gemv(x, packed, scales, weight_scale_2, bias, n)
+    w = dequantize(packed, scales, weight_scale_2, n, x.shape[1])
+    return torch.nn.functional.linear(x, w, bias)

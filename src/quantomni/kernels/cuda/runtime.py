@@ -1,0 +1,191 @@
+"""Run-time compiled CUDA C++ kernels: NVRTC to a cubin, the driver API to load and launch it.
+
+No build step and no compiler on the user's machine: NVRTC ships with PyTorch's CUDA wheels
+(``nvidia-cuda-nvrtc``) and the driver library is always there when CUDA is. Compilation needs no
+GPU (tests compile the sources on CPU-only machines when NVRTC is installed); loading and launching
+do. Launches go to the current torch stream, so they are captured by CUDA graphs like any kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import os
+import sys
+import threading
+
+import torch
+
+
+class CudaRuntimeError(RuntimeError):
+    pass
+
+
+def _candidate_nvrtc_paths() -> list[str]:
+    env = os.environ.get("QUANTOMNI_NVRTC")
+    paths = [env] if env else []
+    major = (torch.version.cuda or "13").split(".")[0]
+    paths += [f"libnvrtc.so.{major}", "libnvrtc.so"]
+    for site in sys.path:  # pip's nvidia-cuda-nvrtc wheels
+        paths += sorted(glob.glob(os.path.join(site, "nvidia", "cu*", "lib", "libnvrtc.so.*")))
+        paths += sorted(glob.glob(os.path.join(site, "nvidia", "cuda_nvrtc", "lib", "libnvrtc.so.*")))
+    return [p for p in paths if "builtins" not in p and ".alt." not in p]
+
+
+@functools.cache
+def nvrtc() -> ctypes.CDLL:
+    errors = []
+    for path in _candidate_nvrtc_paths():
+        try:
+            if os.path.dirname(path):  # NVRTC dlopens its builtins by soname: load them from the same folder first
+                for builtins in sorted(glob.glob(os.path.join(os.path.dirname(path), "libnvrtc-builtins.so.*"))):
+                    if ".alt." not in builtins:
+                        ctypes.CDLL(builtins, mode=ctypes.RTLD_GLOBAL)
+            return ctypes.CDLL(path)
+        except OSError as exc:
+            errors.append(f"{path}: {exc}")
+    raise CudaRuntimeError("NVRTC (libnvrtc) not found; tried " + "; ".join(errors[:4]))
+
+
+def nvrtc_available() -> tuple[bool, str]:
+    try:
+        nvrtc()
+    except CudaRuntimeError as exc:
+        return False, str(exc)
+    return True, "NVRTC found"
+
+
+def _check_nvrtc(lib, res: int, what: str) -> None:
+    if res != 0:
+        lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+        raise CudaRuntimeError(f"NVRTC {what} failed: {lib.nvrtcGetErrorString(res).decode()}")
+
+
+def compile_cubin(source: str, name_expressions: list[str], arch: str, options: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]]:
+    """Compile ``source`` for ``arch`` (e.g. "sm_90"). Returns (cubin, {name expression: lowered name})."""
+    lib = nvrtc()
+    prog = ctypes.c_void_p()
+    _check_nvrtc(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"quantomni.cu", 0, None, None), "create")
+    try:
+        for expr in name_expressions:
+            _check_nvrtc(lib, lib.nvrtcAddNameExpression(prog, expr.encode()), f"name expression {expr}")
+        opts = [f"--gpu-architecture={arch}", "--std=c++17", "-default-device", *options]
+        arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+        res = lib.nvrtcCompileProgram(prog, len(opts), arr)
+        if res != 0:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            log = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, log)
+            raise CudaRuntimeError(f"NVRTC compile for {arch} failed:\n{log.value.decode(errors='replace')}")
+        size = ctypes.c_size_t()
+        _check_nvrtc(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "cubin size")
+        cubin = ctypes.create_string_buffer(size.value)
+        _check_nvrtc(lib, lib.nvrtcGetCUBIN(prog, cubin), "cubin")
+        lowered = {}
+        for expr in name_expressions:
+            name = ctypes.c_char_p()
+            _check_nvrtc(lib, lib.nvrtcGetLoweredName(prog, expr.encode(), ctypes.byref(name)), f"lowered name {expr}")
+            lowered[expr] = name.value.decode()
+        return cubin.raw, lowered
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+@functools.cache
+def _libcuda() -> ctypes.CDLL:
+    try:
+        return ctypes.CDLL("libcuda.so.1")
+    except OSError as exc:  # pragma: no cover - CUDA torch without a driver cannot get here
+        raise CudaRuntimeError(f"CUDA driver library not found: {exc}") from exc
+
+
+def _check_cu(res: int, what: str) -> None:
+    if res != 0:
+        lib = _libcuda()
+        msg = ctypes.c_char_p()
+        lib.cuGetErrorString(res, ctypes.byref(msg))
+        raise CudaRuntimeError(f"CUDA {what} failed: {msg.value.decode() if msg.value else res}")
+
+
+class Module:
+    """A cubin loaded into the current context of one device; ``function(name)`` gives launchables."""
+
+    def __init__(self, cubin: bytes, device: torch.device):
+        self.device = device
+        self._cubin = cubin  # the driver copies it, but keep it for debugging
+        lib = _libcuda()
+        with torch.cuda.device(device):
+            torch.cuda.current_stream(device)  # make sure torch created the primary context
+            self._module = ctypes.c_void_p()
+            _check_cu(lib.cuModuleLoadData(ctypes.byref(self._module), cubin), "module load")
+        self._functions: dict[str, ctypes.c_void_p] = {}
+
+    def function(self, lowered_name: str) -> ctypes.c_void_p:
+        fn = self._functions.get(lowered_name)
+        if fn is None:
+            fn = ctypes.c_void_p()
+            _check_cu(_libcuda().cuModuleGetFunction(ctypes.byref(fn), self._module, lowered_name.encode()),
+                      f"get function {lowered_name}")
+            self._functions[lowered_name] = fn
+        return fn
+
+
+class Ptr:
+    """Marks an int argument as a 64-bit pointer."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int):
+        self.value = value
+
+
+def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, int, int], args: list,
+           stream: torch.cuda.Stream | None = None, shared_mem: int = 0) -> None:
+    """Launch on ``stream`` (default: the current torch stream). Tensors and ``Ptr`` are passed as
+    pointers, Python ints as 32-bit ints, floats as 32-bit floats."""
+    holders = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            holders.append(ctypes.c_void_p(a.data_ptr()))
+        elif isinstance(a, Ptr):
+            holders.append(ctypes.c_void_p(a.value))
+        elif isinstance(a, bool) or isinstance(a, int):
+            holders.append(ctypes.c_int32(int(a)))
+        elif isinstance(a, float):
+            holders.append(ctypes.c_float(a))
+        else:
+            raise TypeError(f"unsupported kernel argument {type(a).__name__}")
+    params = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(h), ctypes.c_void_p) for h in holders])
+    if stream is None:
+        stream = torch.cuda.current_stream()
+    _check_cu(
+        _libcuda().cuLaunchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared_mem,
+                                  ctypes.c_void_p(stream.cuda_stream), params, None),
+        "kernel launch",
+    )
+
+
+_lock = threading.Lock()
+_modules: dict[tuple[str, int], tuple[Module, dict[str, str]]] = {}
+
+
+def load(key: str, source_fn, name_expressions: list[str], device: torch.device) -> tuple[Module, dict[str, str]]:
+    """Compile (once per process and architecture) and load (once per device) a source."""
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _lock:
+        hit = _modules.get((key, index))
+        if hit is None:
+            major, minor = torch.cuda.get_device_capability(index)
+            cubin, lowered = _compile_cached(key, source_fn(), tuple(name_expressions), f"sm_{major}{minor}")
+            hit = (Module(cubin, torch.device("cuda", index)), lowered)
+            _modules[(key, index)] = hit
+        return hit
+
+
+@functools.cache
+def _compile_cached(key: str, source: str, names: tuple[str, ...], arch: str) -> tuple[bytes, dict[str, str]]:
+    del key  # part of the cache key only
+    return compile_cubin(source, list(names), arch)
