@@ -50,6 +50,15 @@ __device__ __forceinline__ u32 qo_bf16x2_mul(u32 a, u32 b) {
   return d;
 }
 
+// One word of the layout -> the four bf16-pair registers of an A fragment, block scales applied:
+// a0 = row g codes 0-1, a1 = row g+8 codes 0-1, a2 = row g codes 2-3, a3 = row g+8 codes 2-3.
+__device__ __forceinline__ void qo_decode(u32 v, u32 s_lo, u32 s_hi, u32& a0, u32& a1, u32& a2, u32& a3) {
+  a0 = qo_bf16x2_mul(QO_REG0(v), s_lo);
+  a1 = qo_bf16x2_mul(QO_REG1(v), s_hi);
+  a2 = qo_bf16x2_mul(QO_REG2(v), s_lo);
+  a3 = qo_bf16x2_mul(QO_REG3(v), s_hi);
+}
+
 __device__ __forceinline__ void qo_mma(float& c0, float& c1, float& c2, float& c3, u32 a0, u32 a1, u32 a2, u32 a3,
                                        u32 b0, u32 b1) {
   asm volatile(
@@ -130,11 +139,8 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
       const u32 s_hi = qo_scale_pair(sv[u], 0x4141u);  // row g + 8
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const u32 v = wv[u][i];
-        const u32 a0 = qo_bf16x2_mul(QO_REG0(v), s_lo);
-        const u32 a1 = qo_bf16x2_mul(QO_REG1(v), s_hi);
-        const u32 a2 = qo_bf16x2_mul(QO_REG2(v), s_lo);
-        const u32 a3 = qo_bf16x2_mul(QO_REG3(v), s_hi);
+        u32 a0, a1, a2, a3;
+        qo_decode(wv[u][i], s_lo, s_hi, a0, a1, a2, a3);
         qo_mma(acc[0], acc[1], acc[2], acc[3], a0, a1, a2, a3, xa[u][2 * i], xa[u][2 * i + 1]);
         if (M16) qo_mma(acc[4], acc[5], acc[6], acc[7], a0, a1, a2, a3, xb[u][2 * i], xb[u][2 * i + 1]);
       }
@@ -228,11 +234,7 @@ __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
     u32 lo[8], hi[8];  // row g / row g + 8: 16 columns each, as bf16 pairs
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const u32 v = wv[it][i];
-      lo[2 * i] = qo_bf16x2_mul(QO_REG0(v), s_lo);
-      hi[2 * i] = qo_bf16x2_mul(QO_REG1(v), s_hi);
-      lo[2 * i + 1] = qo_bf16x2_mul(QO_REG2(v), s_lo);
-      hi[2 * i + 1] = qo_bf16x2_mul(QO_REG3(v), s_hi);
+      qo_decode(wv[it][i], s_lo, s_hi, lo[2 * i], hi[2 * i], lo[2 * i + 1], hi[2 * i + 1]);
     }
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
