@@ -200,12 +200,13 @@ def sweep_cuda_gemv(rows, errors, ms=(1, 4, 16), shard=None):
         b_src = [w.to(torch.bfloat16)] + [w.to(torch.bfloat16) for _ in range(copies_for(w.numel() * 2) - 1)]
         exact = (nvfp4_unpack(packed).double().view(n, k // 16, 16) * ws.double().unsqueeze(-1) * float(ws2))
         exact = exact.reshape(n, k).float().to(torch.bfloat16)
-        for items in nvfp4_mma.DEQUANT_ITEMS:
-            r = {"part": "cuda_dequant", "K": k, "N": n, "items": items}
+        for items, staged in itertools.product(nvfp4_mma.DEQUANT_ITEMS, (False, True)):
+            r = {"part": "cuda_dequant", "K": k, "N": n, "items": items, "staged": staged}
             try:
-                out = nvfp4_mma.dequantize(words, scales, ws2, n, k, items=items)
+                out = nvfp4_mma.dequantize(words, scales, ws2, n, k, items=items, staged=staged)
                 r["exact"] = bool(torch.equal(out, exact))
-                r["ms"] = time_calls([lambda s=s: nvfp4_mma.dequantize(*s, ws2, n, k, items=items) for s in q_src], True)
+                r["ms"] = time_calls([lambda s=s: nvfp4_mma.dequantize(*s, ws2, n, k, items=items, staged=staged)
+                                      for s in q_src], True)
                 r["tb_s"] = (packed.numel() + ws.numel() + n * k * 2) / (r["ms"] * 1e-3) / 1e12
             except Exception as exc:
                 r["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -387,7 +388,7 @@ def summarize(rows):
         print(kk, f"{b['ms'] * 1e3:.1f} us {b['tb_s']:.2f} TB/s mismatch {b['mismatch']:.3g} {cfg}")
     for r in rows:
         if r["part"] == "cuda_dequant":
-            print("cuda dequant", r["K"], r["N"], r["items"], f"{r.get('ms', float('nan')) * 1e3:.1f} us {r.get('tb_s', float('nan')):.2f} TB/s",
+            print("cuda dequant", r["K"], r["N"], r["items"], "staged" if r["staged"] else "direct", f"{r.get('ms', float('nan')) * 1e3:.1f} us {r.get('tb_s', float('nan')):.2f} TB/s",
                   "exact" if r.get("exact") else "NOT EXACT", r.get("error", ""))
     print("\n== gemv (graph): bf16 vs default plan vs best plan, us ==")
     key = lambda r: (r["M"], r["K"], r["N"])

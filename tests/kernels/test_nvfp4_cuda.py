@@ -142,7 +142,7 @@ def test_sources_compile_with_nvrtc_when_installed():
     if not ok:
         pytest.skip(why)
     cubin, lowered = runtime.compile_cubin(nvfp4_mma.source(), nvfp4_mma._names(), "sm_90")
-    assert len(cubin) > 10_000 and "qo_nvfp4_dequant<2>" in lowered
+    assert len(cubin) > 10_000 and "qo_nvfp4_dequant<2, true>" in lowered
 
 
 # ---- GPU -----------------------------------------------------------------------------------------
@@ -194,8 +194,9 @@ def test_dequantize_is_the_reference_rounded_to_bf16():
     q, s, gs = _random_nvfp4(272, 1024, gen)
     words, scales = L.relayout(q.cuda(), s.cuda())
     for items in mma.DEQUANT_ITEMS:  # 272 x 1024: 8704 items, a partial last block for items = 2, 4
-        got = mma.dequantize(words, scales, gs.cuda(), 272, 1024, items=items)
-        assert torch.equal(got.cpu(), _exact_reference(q, s, gs).float().to(torch.bfloat16))
+        for staged in (False, True):
+            got = mma.dequantize(words, scales, gs.cuda(), 272, 1024, items=items, staged=staged)
+            assert torch.equal(got.cpu(), _exact_reference(q, s, gs).float().to(torch.bfloat16))
 
 
 @pytest.mark.gpu

@@ -26,6 +26,16 @@ __device__ __forceinline__ void qo_ld_v4(const void* p, u32& a, u32& b, u32& c, 
   asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "l"(p));
 }
 
+__device__ __forceinline__ void qo_st_shared_v4(u32* p, u32 a, u32 b, u32 c, u32 d) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};" :: "r"((u32)__cvta_generic_to_shared(p)), "r"(a), "r"(b),
+               "r"(c), "r"(d) : "memory");
+}
+
+__device__ __forceinline__ void qo_ld_shared_v4(const u32* p, u32& a, u32& b, u32& c, u32& d) {
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d)
+               : "r"((u32)__cvta_generic_to_shared(p)) : "memory");
+}
+
 __device__ __forceinline__ u32 qo_ld_nc_u16(const void* p) {
   unsigned short v;
   asm("ld.global.nc.L1::no_allocate.u16 %0, [%1];" : "=h"(v) : "l"(p));
@@ -201,9 +211,10 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
 
 // ---------------------------------------------------------------------------------------------
 // Dequantize to bf16.  One thread per ITEMS (tile, step, lane) items, 256 apart: each is 16 packed
-// bytes -> 2 rows x 16 bf16.  All loads are issued before any store.
+// bytes -> 2 rows x 16 bf16.  All loads are issued before any store.  A warp's 32 lanes are one
+// (tile, step) item.  STAGED: stores go through shared memory.
 // grid = ceil(N/16 * K/64 * 32 / (256 * ITEMS)), block = 256.  out [N][K] bf16.
-template <int ITEMS>
+template <int ITEMS, bool STAGED>
 __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
     const u32* __restrict__ wq, const u16* __restrict__ sc, const float* __restrict__ gscale,
     u16* __restrict__ out, int N, int K) {
@@ -211,6 +222,7 @@ __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
   const long long total = (long long)(N >> 4) * steps * 32;
   const long long first = (long long)blockIdx.x * 256 * ITEMS + threadIdx.x;
   u32 wv[ITEMS][4], sv[ITEMS];
+  __shared__ __align__(16) u32 stage[STAGED ? 8 : 1][STAGED ? 16 * 36 : 4];  // 16 rows x (32 + 4 pad) words
 #pragma unroll
   for (int it = 0; it < ITEMS; ++it) {
     const long long idx = first + it * 256;
@@ -241,11 +253,33 @@ __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
       lo[q] = qo_pack_bf16x2(qo_bf16_lo(lo[q]) * gs, qo_bf16_hi(lo[q]) * gs);
       hi[q] = qo_pack_bf16x2(qo_bf16_lo(hi[q]) * gs, qo_bf16_hi(hi[q]) * gs);
     }
-    u16* dst = out + (size_t)(t * 16 + g) * K + (size_t)j * 64 + c * 16;
-    qo_st_v4(dst, lo[0], lo[1], lo[2], lo[3]);
-    qo_st_v4(dst + 8, lo[4], lo[5], lo[6], lo[7]);
-    dst += (size_t)8 * K;
-    qo_st_v4(dst, hi[0], hi[1], hi[2], hi[3]);
-    qo_st_v4(dst + 8, hi[4], hi[5], hi[6], hi[7]);
+    if (STAGED) {
+      // through shared memory, so that each store instruction writes four whole 128-byte rows
+      // (direct stores leave every 32-byte sector half-written by two instructions)
+      const int warp = threadIdx.x >> 5;
+      u32* tile = stage[warp];
+      qo_st_shared_v4(tile + g * 36 + c * 8, lo[0], lo[1], lo[2], lo[3]);
+      qo_st_shared_v4(tile + g * 36 + c * 8 + 4, lo[4], lo[5], lo[6], lo[7]);
+      qo_st_shared_v4(tile + (g + 8) * 36 + c * 8, hi[0], hi[1], hi[2], hi[3]);
+      qo_st_shared_v4(tile + (g + 8) * 36 + c * 8 + 4, hi[4], hi[5], hi[6], hi[7]);
+      __syncwarp();
+      // the warp's item: rows 16 t .. 16 t + 15, columns 64 j .. 64 j + 63
+      u16* base = out + (size_t)(t * 16) * K + (size_t)j * 64;
+#pragma unroll
+      for (int p = 0; p < 4; ++p) {
+        const int r = p * 4 + (lane >> 3), q = lane & 7;
+        u32 a, b, cc, d;
+        qo_ld_shared_v4(tile + r * 36 + q * 4, a, b, cc, d);
+        qo_st_v4(base + (size_t)r * K + q * 8, a, b, cc, d);
+      }
+      __syncwarp();
+    } else {
+      u16* dst = out + (size_t)(t * 16 + g) * K + (size_t)j * 64 + c * 16;
+      qo_st_v4(dst, lo[0], lo[1], lo[2], lo[3]);
+      qo_st_v4(dst + 8, lo[4], lo[5], lo[6], lo[7]);
+      dst += (size_t)8 * K;
+      qo_st_v4(dst, hi[0], hi[1], hi[2], hi[3]);
+      qo_st_v4(dst + 8, hi[4], hi[5], hi[6], hi[7]);
+    }
   }
 }

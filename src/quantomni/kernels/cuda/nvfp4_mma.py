@@ -28,7 +28,7 @@ DEQUANT_ITEMS = (1, 2, 4)
 
 def _names() -> list[str]:
     names = [f"qo_nvfp4_gemv<{w}, {u}, {'true' if m16 else 'false'}>" for w in WARPS for u in UNROLLS for m16 in (False, True)]
-    return names + [f"qo_nvfp4_dequant<{i}>" for i in DEQUANT_ITEMS]
+    return names + [f"qo_nvfp4_dequant<{i}, {st}>" for i in DEQUANT_ITEMS for st in ("false", "true")]
 
 
 @functools.cache
@@ -173,7 +173,7 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_sca
 
 
 def dequantize(packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor, n: int, k: int,
-               items: int = 1) -> torch.Tensor:
+               items: int = 1, staged: bool = True) -> torch.Tensor:
     """The bf16 weight [N, K] (exactly the reference dequantization rounded to bf16)."""
     if tuple(packed.shape) != (n // ROWS, k // STEP, 32, 4):
         raise ValueError(f"packed weight must be [{n // ROWS}, {k // STEP}, 32, 4], got {list(packed.shape)}")
@@ -183,7 +183,7 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch
     gscale = weight_scale_2.reshape(1).float() if weight_scale_2.dtype != torch.float32 else weight_scale_2
     if items not in DEQUANT_ITEMS:
         raise ValueError(f"items must be one of {DEQUANT_ITEMS}")
-    runtime.launch(module.function(lowered[f"qo_nvfp4_dequant<{items}>"]), (-(-threads // (256 * items)), 1, 1), (256, 1, 1),
+    runtime.launch(module.function(lowered[f"qo_nvfp4_dequant<{items}, {'true' if staged else 'false'}>"]), (-(-threads // (256 * items)), 1, 1), (256, 1, 1),
                    [packed, scales, gscale, out, n, k])
     return out
 
