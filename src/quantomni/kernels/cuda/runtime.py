@@ -141,6 +141,15 @@ class Ptr:
         self.value = value
 
 
+class Int64:
+    """Marks an int argument as a 64-bit integer (plain ints are passed as 32-bit)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int):
+        self.value = value
+
+
 def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, int, int], args: list,
            stream: torch.cuda.Stream | None = None, shared_mem: int = 0) -> None:
     """Launch on ``stream`` (default: the current torch stream). Tensors and ``Ptr`` are passed as
@@ -151,6 +160,8 @@ def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, in
             holders.append(ctypes.c_void_p(a.data_ptr()))
         elif isinstance(a, Ptr):
             holders.append(ctypes.c_void_p(a.value))
+        elif isinstance(a, Int64):
+            holders.append(ctypes.c_int64(a.value))
         elif isinstance(a, bool) or isinstance(a, int):
             holders.append(ctypes.c_int32(int(a)))
         elif isinstance(a, float):
