@@ -146,6 +146,9 @@ def sweep_dequant(rows, errors):
                         row["rel_err"] = rel(out, ref)
                         ms = time_calls([lambda s=s: fn(s, **kw) for s in src], graph=False)
                         row.update(ms=ms, tb_s=moved / (ms * 1e-3) / 1e12)
+                        if fmt == "Q8_0":  # eager back-to-back calls of a ~10 us kernel can be CPU-bound
+                            row["graph_ms"] = time_calls([lambda s=s: fn(s, **kw) for s in src], graph=True)
+                            row["graph_tb_s"] = moved / (row["graph_ms"] * 1e-3) / 1e12
                     except Exception as exc:
                         row["error"] = f"{type(exc).__name__}: {exc}"[:300]
                     rows.append(row)
@@ -395,6 +398,12 @@ def summarize(rows):
         for c in grp:
             if c.get("cuda"):
                 print("   cuda:", f"{c['ms'] * 1e3:.1f} us {c['tb_s']:.2f} TB/s mismatch {c['mismatch']:.3g}")
+        graphed = [c for c in grp if "graph_ms" in c]
+        if graphed:
+            bg = min(graphed, key=lambda c: c["graph_ms"])
+            cu = [c for c in graphed if c.get("cuda")]
+            print("   graph: best", f"{bg['graph_ms'] * 1e3:.1f} us {bg['graph_tb_s']:.2f} TB/s", {x: bg[x] for x in bg if x in ("blocks", "num_warps", "cuda")},
+                  "| cuda", f"{cu[0]['graph_ms'] * 1e3:.1f} us {cu[0]['graph_tb_s']:.2f} TB/s" if cu else "-")
     for r in rows:
         if r["part"] == "cuda_dequant":
             print("cuda dequant", r["K"], r["N"], r["items"], "staged" if r["staged"] else "direct", f"{r.get('ms', float('nan')) * 1e3:.1f} us {r.get('tb_s', float('nan')):.2f} TB/s",

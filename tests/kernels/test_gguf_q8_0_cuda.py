@@ -4,7 +4,7 @@
 import pytest
 import torch
 
-from quantomni.kernels.gguf_dequant import dequantize_gguf
+from quantomni.kernels.gguf_dequant import dequantize_gguf, qtype_id
 
 
 def _random_q8_0(n, k, gen):
@@ -33,7 +33,7 @@ def test_bit_identical_to_torch_dequantizer(n, k, dtype):
     if not ok:
         pytest.skip(why)
     packed = _random_q8_0(n, k, torch.Generator().manual_seed(n * k)).cuda()
-    ref = dequantize_gguf(packed, "Q8_0", (n, k), torch.float32).to(dtype)
+    ref = dequantize_gguf(packed, qtype_id("Q8_0"), (n, k), torch.float32).to(dtype)
     out = gguf_q8_0.q8_0_dequantize(packed, k, dtype)
     assert torch.equal(out, ref)
     # a view 2 bytes into a buffer (Q8_0 rows are only 2-byte aligned in a file map)
@@ -70,7 +70,7 @@ def test_gguf_backend_uses_it_at_large_m_and_traces():
     gguf_triton.TritonGgufKernel.prepare()
     layer = Layer()
     x = torch.randn(100, 512, device="cuda", dtype=torch.bfloat16)
-    ref = x.double() @ dequantize_gguf(packed, "Q8_0", (256, 512), torch.float32).double().t()
+    ref = x.double() @ dequantize_gguf(packed, qtype_id("Q8_0"), (256, 512), torch.float32).double().t()
     for fn in (layer, torch.compile(layer, fullgraph=True)):
         out = fn(x)
         assert float((out.double() - ref).norm() / ref.norm()) < 1e-2

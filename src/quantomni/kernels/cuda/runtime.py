@@ -150,30 +150,42 @@ class Int64:
         self.value = value
 
 
+try:
+    from torch._C import _cuda_getCurrentRawStream as _raw_stream  # what Inductor's generated code uses
+except ImportError:  # pragma: no cover - CPU-only builds
+    _raw_stream = None
+
+
 def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, int, int], args: list,
-           stream: torch.cuda.Stream | None = None, shared_mem: int = 0) -> None:
-    """Launch on ``stream`` (default: the current torch stream). Tensors and ``Ptr`` are passed as
-    pointers, Python ints as 32-bit ints, floats as 32-bit floats."""
+           device: torch.device | None = None, shared_mem: int = 0) -> None:
+    """Launch on the current torch stream of ``device`` (default: the first tensor argument's).
+    Tensors and ``Ptr`` are passed as pointers, ``Int64`` as 64-bit ints, Python ints as 32-bit ints,
+    floats as 32-bit floats."""
     holders = []
     for a in args:
         if isinstance(a, torch.Tensor):
+            if device is None:
+                device = a.device
             holders.append(ctypes.c_void_p(a.data_ptr()))
+        elif isinstance(a, (bool, int)):
+            holders.append(ctypes.c_int32(int(a)))
         elif isinstance(a, Ptr):
             holders.append(ctypes.c_void_p(a.value))
         elif isinstance(a, Int64):
             holders.append(ctypes.c_int64(a.value))
-        elif isinstance(a, bool) or isinstance(a, int):
-            holders.append(ctypes.c_int32(int(a)))
         elif isinstance(a, float):
             holders.append(ctypes.c_float(a))
         else:
             raise TypeError(f"unsupported kernel argument {type(a).__name__}")
-    params = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.byref(h), ctypes.c_void_p) for h in holders])
-    if stream is None:
-        stream = torch.cuda.current_stream()
+    params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+    index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+    if index != torch.cuda.current_device():  # the module and the stream belong to that device's context
+        with torch.cuda.device(index):
+            return launch(fn, grid, block, args, torch.device("cuda", index), shared_mem)
+    stream = _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
     _check_cu(
         _libcuda().cuLaunchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], shared_mem,
-                                  ctypes.c_void_p(stream.cuda_stream), params, None),
+                                  ctypes.c_void_p(stream), params, None),
         "kernel launch",
     )
 
