@@ -123,17 +123,24 @@ def time_ms(fn, device, warmup=2, reps=10) -> float:
 LAYER_COPIES = 4  # layers timed round-robin over copies of their weights: not served from L2
 
 
-def time_layer_calls(calls, device, reps: int) -> float:
+def time_layer_calls(calls, device, reps: int, graph: bool = False) -> float:
     """Per-call ms of ``calls`` run back to back: on CUDA the shared event timer of
-    sweep_weight_kernels.py (launch overhead overlaps the GPU work, as inside a model); elsewhere
-    wall time."""
+    sweep_weight_kernels.py (eager: launch overhead overlaps the GPU work, as inside a model;
+    graph: the calls replayed from one CUDA graph, no launch cost); elsewhere wall time."""
     with torch.inference_mode():
         if device.type != "cuda":
             return time_ms(lambda: [c() for c in calls], device, reps=reps) / len(calls)
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from sweep_weight_kernels import time_calls
 
-        return time_calls(calls, graph=False, reps=reps)
+        return time_calls(calls, graph=graph, reps=reps)
+
+
+def time_both(row, key, errors, what, calls, device, reps):
+    """row[key + "_ms"] (eager) and, on CUDA, row[key + "_graph_ms"]."""
+    row[f"{key}_ms"] = attempt(errors, what, lambda: time_layer_calls(calls, device, reps))
+    if device.type == "cuda":
+        row[f"{key}_graph_ms"] = attempt(errors, what + " (graph)", lambda: time_layer_calls(calls, device, reps, graph=True))
 
 
 def rel_err(out, ref) -> float:
@@ -204,8 +211,8 @@ def bench_layers(args, weights, packed, qtypes, device, dtype, errors):
         ref = x.float() @ w.t() + b
         wb, bb = w.to(dtype), b.to(dtype)
         wbs = [wb] + [wb.clone() for _ in range(LAYER_COPIES - 1)]
-        row["bf16_ms"] = attempt(errors, f"layer {k}x{n} bf16 time", lambda: time_layer_calls(
-            [lambda w_=w_: torch.nn.functional.linear(x, w_, bb) for w_ in wbs], device, args.reps))
+        time_both(row, "bf16", errors, f"layer {k}x{n} bf16 time",
+                  [lambda w_=w_: torch.nn.functional.linear(x, w_, bb) for w_ in wbs], device, args.reps)
         row["bf16_rel_err"] = rel_err(torch.nn.functional.linear(x, wb, bb), ref)
         for q in qtypes:
             p = packed.get((q, (n, k)))
@@ -218,8 +225,8 @@ def bench_layers(args, weights, packed, qtypes, device, dtype, errors):
                 if out_ours is not None:
                     row[f"ours_{q}_rel_err"] = rel_err(out_ours, ref)
                     copies = [ours] + [our_layer(p, q, k, n, b, device, dtype) for _ in range(LAYER_COPIES - 1)]
-                    row[f"ours_{q}_ms"] = attempt(errors, f"layer {k}x{n} ours {q} time", lambda: time_layer_calls(
-                        [lambda c=c: c(x) for c in copies], device, args.reps))
+                    time_both(row, f"ours_{q}", errors, f"layer {k}x{n} ours {q} time",
+                              [lambda c=c: c(x) for c in copies], device, args.reps)
                     del copies
                     row[f"ours_{q}_weight_bytes"] = ours.quantized_bytes()
             theirs = attempt(errors, f"layer {k}x{n} diffusers {q} build", lambda: diffusers_layer(p, q, k, n, b, device, dtype))
@@ -229,8 +236,8 @@ def bench_layers(args, weights, packed, qtypes, device, dtype, errors):
                 if out_theirs is not None:
                     row[f"diffusers_{q}_rel_err"] = rel_err(out_theirs, ref)
                     copies = [theirs] + [diffusers_layer(p, q, k, n, b, device, dtype) for _ in range(LAYER_COPIES - 1)]
-                    row[f"diffusers_{q}_ms"] = attempt(errors, f"layer {k}x{n} diffusers {q} time", lambda: time_layer_calls(
-                        [lambda c=c: c(x) for c in copies], device, args.reps))
+                    time_both(row, f"diffusers_{q}", errors, f"layer {k}x{n} diffusers {q} time",
+                              [lambda c=c: c(x) for c in copies], device, args.reps)
                     del copies
                     if out_ours is not None:
                         row[f"ours_vs_diffusers_{q}_rel_err"] = rel_err(out_ours, out_theirs)
@@ -498,6 +505,17 @@ def print_table(meta, layers, model, qtypes, errors):
         for q in qtypes:
             line += f" {_f(r.get(f'ours_{q}_ms'), '11.3f')} {_f(r.get(f'diffusers_{q}_ms'), '11.3f')} {_f(r.get(f'ours_{q}_rel_err'), '9.4f')}"
         print(line)
+    if any("bf16_graph_ms" in r for r in layers):
+        print("\nCUDA graph replay (ms, x BF16):")
+        for r in layers:
+            bf = r.get("bf16_graph_ms")
+            line = f"{r['K']:>6} {r['N']:>6} {_f(bf)}"
+            for q in qtypes:
+                for who in ("ours", "diffusers"):
+                    t = r.get(f"{who}_{q}_graph_ms")
+                    ratio = f"({bf / t:.2f}x)" if t and bf else "(-)"
+                    line += f" {who} {q} {_f(t, '7.3f')} {ratio}"
+            print(line)
     if model:
         print()
         print(f"denoiser step ({model['config']['num_layers']} double + {model['config']['num_single_layers']} single "

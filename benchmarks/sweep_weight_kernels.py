@@ -127,13 +127,7 @@ def sweep_dequant(rows, errors):
                     in_bytes = packed.numel()
                     if fmt == "Q8_0":
                         grid = [dict(blocks=b, num_warps=nw) for b, nw in itertools.product((32, 64, 128, 256, 512), (4, 8))]
-                        grid.append(dict(cuda=True))  # the CUDA C++ dequantizer (kernels/cuda/gguf_q8_0)
-
-                        def fn(s, cuda=False, **kw):
-                            if cuda:
-                                from quantomni.kernels.cuda.gguf_q8_0 import q8_0_dequantize as cuda_q8_0
-                                return cuda_q8_0(s, k, torch.bfloat16)
-                            return q8_0_dequantize(s, k, torch.bfloat16, **kw)
+                        fn = lambda s, **kw: q8_0_dequantize(s, k, torch.bfloat16, **kw)
                     else:
                         grid = [dict(super_blocks=b, num_warps=nw) for b, nw in itertools.product((2, 4, 8, 16, 32), (4, 8))]
                         fn = lambda s, **kw: q4_k_dequantize(s, k, torch.bfloat16, **kw)
@@ -393,17 +387,13 @@ def summarize(rows):
     for kk, grp in itertools.groupby(sorted([r for r in rows if r["part"] == "dequant" and "ms" in r], key=key), key):
         grp = sorted(grp, key=lambda r: r["ms"])
         b = grp[0]
-        cfg = {x: b[x] for x in b if x in ("blocks", "super_blocks", "block_n", "block_k", "num_warps", "cuda")}
+        cfg = {x: b[x] for x in b if x in ("blocks", "super_blocks", "block_n", "block_k", "num_warps")}
         print(kk, f"{b['ms'] * 1e3:.1f} us {b['tb_s']:.2f} TB/s mismatch {b['mismatch']:.3g} {cfg}")
-        for c in grp:
-            if c.get("cuda"):
-                print("   cuda:", f"{c['ms'] * 1e3:.1f} us {c['tb_s']:.2f} TB/s mismatch {c['mismatch']:.3g}")
         graphed = [c for c in grp if "graph_ms" in c]
         if graphed:
             bg = min(graphed, key=lambda c: c["graph_ms"])
-            cu = [c for c in graphed if c.get("cuda")]
-            print("   graph: best", f"{bg['graph_ms'] * 1e3:.1f} us {bg['graph_tb_s']:.2f} TB/s", {x: bg[x] for x in bg if x in ("blocks", "num_warps", "cuda")},
-                  "| cuda", f"{cu[0]['graph_ms'] * 1e3:.1f} us {cu[0]['graph_tb_s']:.2f} TB/s" if cu else "-")
+            print("   graph: best", f"{bg['graph_ms'] * 1e3:.1f} us {bg['graph_tb_s']:.2f} TB/s",
+                  {x: bg[x] for x in bg if x in ("blocks", "num_warps")})
     for r in rows:
         if r["part"] == "cuda_dequant":
             print("cuda dequant", r["K"], r["N"], r["items"], "staged" if r["staged"] else "direct", f"{r.get('ms', float('nan')) * 1e3:.1f} us {r.get('tb_s', float('nan')):.2f} TB/s",

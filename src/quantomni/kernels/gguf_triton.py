@@ -2,11 +2,9 @@
 
 * Q8_0, M <= 16 (decode-like): the fused dequantize-GEMM kernel (``quantomni_triton::q8_0_mm``)
   reads the packed weight once and never materialises it (memory-bound, ~1.06 bytes per weight).
-* Otherwise: a one-pass dequantizer writes the dense bf16 weight, then cuBLAS runs the GEMM
+* Otherwise: a one-pass Triton dequantizer writes the dense bf16 weight, then cuBLAS runs the GEMM
   (dequantizing inside a GEMM's K loop measured slower than cuBLAS at large M, and the fused Q4_K
-  kernel measured 0.17x BF16 even at M = 16). Q4_K: Triton. Q8_0: the CUDA C++ dequantizer
-  (``cuda/gguf_q8_0``, NVRTC; 16-byte moves through shared memory) where it builds, else Triton;
-  both are bit-identical to the torch dequantizer, and the layer record names the one in use.
+  kernel measured 0.17x BF16 even at M = 16).
 """
 
 from __future__ import annotations
@@ -37,22 +35,7 @@ def _dequant_fns(qtype_name: str):
     return getattr(mod, plain), getattr(mod, op)
 
 
-@functools.cache
-def _cuda_q8_0(device_index: int) -> tuple[bool, str]:
-    from quantomni.kernels.cuda import gguf_q8_0
-
-    return gguf_q8_0.is_supported(torch.device("cuda", device_index))
-
-
-def _use_cuda_q8_0(device: torch.device) -> bool:
-    return device.type == "cuda" and _cuda_q8_0(device.index if device.index is not None else torch.cuda.current_device())[0]
-
-
-def _dequant_fn(qtype_name: str, device: torch.device):
-    if qtype_name == "Q8_0" and _use_cuda_q8_0(device):
-        from quantomni.kernels.cuda import gguf_q8_0
-
-        return gguf_q8_0.q8_0_dequant_op() if torch.compiler.is_compiling() else gguf_q8_0.q8_0_dequantize
+def _dequant_fn(qtype_name: str):
     plain, op = _dequant_fns(qtype_name)
     return op() if torch.compiler.is_compiling() else plain
 
@@ -76,10 +59,6 @@ class TritonGgufKernel(LinearKernel):
         register_triton_ops()
         for name in _DEQUANT:
             _dequant_fns(name)[1]()
-        if torch.cuda.is_available() and _use_cuda_q8_0(torch.device("cuda")):
-            from quantomni.kernels.cuda import gguf_q8_0
-
-            gguf_q8_0.q8_0_dequant_op()
 
     @classmethod
     def can_implement(cls, spec: KernelSpec):
@@ -91,9 +70,7 @@ class TritonGgufKernel(LinearKernel):
         if spec.dtype not in (torch.bfloat16, torch.float16):
             return False, f"outputs bf16/fp16, model dtype is {spec.dtype}"
         if name == "Q8_0":
-            ok, why = _cuda_q8_0(spec.device.index if spec.device.index is not None else torch.cuda.current_device()) if spec.device.type == "cuda" else (False, "not CUDA")
-            above = "CUDA (NVRTC) dequant" if ok else f"Triton dequant (CUDA dequantizer unavailable: {why})"
-            return True, f"Triton Q8_0: fused GEMV for M<=16, {above} + cuBLAS above"
+            return True, "Triton Q8_0: fused GEMV for M<=16, one-pass dequant + cuBLAS above"
         return True, f"Triton {name}: one-pass dequant + cuBLAS"
 
     @staticmethod
@@ -103,5 +80,5 @@ class TritonGgufKernel(LinearKernel):
         qtype_name = layer.scheme.qtype_name
         if qtype_name == "Q8_0" and x.shape[0] <= SMALL_M:
             return triton_call("q8_0_mm", "gguf_gemm")(x, layer.weight, layer.bias, x.dtype)
-        weight = _dequant_fn(qtype_name, x.device)(layer.weight, layer.in_features, x.dtype)
+        weight = _dequant_fn(qtype_name)(layer.weight, layer.in_features, x.dtype)
         return F.linear(x, weight, layer.bias)

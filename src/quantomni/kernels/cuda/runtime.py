@@ -141,15 +141,6 @@ class Ptr:
         self.value = value
 
 
-class Int64:
-    """Marks an int argument as a 64-bit integer (plain ints are passed as 32-bit)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: int):
-        self.value = value
-
-
 try:
     from torch._C import _cuda_getCurrentRawStream as _raw_stream  # what Inductor's generated code uses
 except ImportError:  # pragma: no cover - CPU-only builds
@@ -159,8 +150,7 @@ except ImportError:  # pragma: no cover - CPU-only builds
 def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, int, int], args: list,
            device: torch.device | None = None, shared_mem: int = 0) -> None:
     """Launch on the current torch stream of ``device`` (default: the first tensor argument's).
-    Tensors and ``Ptr`` are passed as pointers, ``Int64`` as 64-bit ints, Python ints as 32-bit ints,
-    floats as 32-bit floats."""
+    Tensors and ``Ptr`` are passed as pointers, Python ints as 32-bit ints, floats as 32-bit floats."""
     holders = []
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -171,8 +161,6 @@ def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, in
             holders.append(ctypes.c_int32(int(a)))
         elif isinstance(a, Ptr):
             holders.append(ctypes.c_void_p(a.value))
-        elif isinstance(a, Int64):
-            holders.append(ctypes.c_int64(a.value))
         elif isinstance(a, float):
             holders.append(ctypes.c_float(a))
         else:
