@@ -151,6 +151,21 @@ def test_config_validation(tmp_path, small_gguf):
     assert isinstance(method_cfg, GgufConfig) and method_cfg.prequantized
 
 
+def test_one_gguf_file_cannot_feed_two_denoisers(small_gguf):
+    """Wan 2.2 has transformer and transformer_2: a single file for the "denoiser" alias is refused
+    (it would load the same weights twice); one file per denoiser, or the alias with the other
+    denoiser named explicitly, is accepted."""
+    both = ["transformer", "transformer_2", "vae"]
+    with pytest.raises(ValueError, match=r'one file holds one denoiser.*transformer, transformer_2.*"transformer_2": '):
+        build_quant_config({"method": "gguf", "path": str(small_gguf)}).resolve(both)
+    per = build_quant_config({"transformer": {"method": "gguf", "path": str(small_gguf)},
+                              "transformer_2": {"method": "gguf", "path": str(small_gguf)}}).resolve(both)
+    assert per["transformer"].path == per["transformer_2"].path == str(small_gguf)
+    mixed = build_quant_config({"denoiser": {"method": "gguf", "path": str(small_gguf)}, "transformer_2": None}).resolve(both)
+    assert isinstance(mixed["transformer"], GgufConfig) and mixed["transformer_2"] is None
+    assert isinstance(build_quant_config({"method": "gguf", "path": str(small_gguf)}).resolve(["transformer"])["transformer"], GgufConfig)
+
+
 def test_config_hooks_read_the_file_once_and_stay_serialisable(small_gguf, monkeypatch):
     import quantomni.formats.gguf_file as gguf_file
 

@@ -58,6 +58,9 @@ class QuantMethodConfig:
     method: ClassVar[str] = ""
     #: True for methods whose weights come quantized from the checkpoint (ModelOpt, GGUF).
     prequantized: ClassVar[bool] = False
+    #: True when one config holds the weights of exactly one component (a GGUF file): the
+    #: ``denoiser`` alias may then not expand to two denoisers (Wan 2.2's transformer/transformer_2).
+    single_component: ClassVar[bool] = False
 
     ignored_layers: tuple[str, ...] = ()
     skip_sensitive_layers: bool = True
@@ -157,8 +160,16 @@ class PipelineQuantConfig:
                     f"quantization targets the denoiser, but the pipeline has none of "
                     f"{list(DENOISER_COMPONENTS)}; its components are {sorted(present)}"
                 )
+            alias_cfg = self.components[DENOISER]
+            by_alias = [c for c in denoisers if c not in self.components]
+            if alias_cfg is not None and alias_cfg.single_component and len(by_alias) > 1:
+                raise ValueError(
+                    f"{alias_cfg.method}: one file holds one denoiser, but this pipeline has {len(by_alias)} "
+                    f"({', '.join(by_alias)}); give each its own, e.g. "
+                    + "{" + ", ".join(f'"{c}": {{"method": "{alias_cfg.method}", "path": ...}}' for c in by_alias) + "}"
+                )
             for c in denoisers:
-                resolved[c] = self.components[DENOISER]
+                resolved[c] = alias_cfg
         for name, cfg in self.components.items():
             if name == DENOISER:
                 continue

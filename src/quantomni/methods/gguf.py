@@ -43,6 +43,7 @@ class GgufConfig(QuantMethodConfig):
 
     method = "gguf"
     prequantized = True
+    single_component = True
 
     path: str = ""
 
