@@ -107,6 +107,36 @@ def test_quantize_matches_modelopt_export_and_loads(bf16_pipe, modelopt_exports,
         assert img.size == (64, 64)
 
 
+def test_quantize_writes_shards_with_an_index_that_load_the_same(bf16_pipe, tmp_path):
+    """--max-shard-size small enough for several files: diffusers' numbered shards + index, the same
+    tensors as the single-file export, and the pipeline loads from them."""
+    from quantomni.cli.quantize import parse_size
+    from quantomni.formats.safetensors_io import find_weight_files
+
+    src, prompts = bf16_pipe
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    assert _quantize(src, prompts, single, "nvfp4") == 0
+    assert _quantize(src, prompts, sharded, "nvfp4", "--max-shard-size", "64KB") == 0
+    files = find_weight_files(sharded / "transformer")
+    index = json.loads((sharded / "transformer" / "diffusion_pytorch_model.safetensors.index.json").read_text())
+    assert len(files) > 2 and not (sharded / WEIGHTS).exists()
+    assert all(f.stat().st_size <= 64 * 1024 + 4096 or len(load_file(str(f))) == 1 for f in files)
+    ref = load_file(str(single / WEIGHTS))
+    got = {}
+    for f in files:
+        got.update(load_file(str(f)))
+    assert set(got) == set(ref) == set(index["weight_map"])
+    assert all(torch.equal(_bytes(got[k]), _bytes(ref[k])) for k in ref)
+    assert index["metadata"]["total_size"] == sum(f.stat().st_size for f in files)
+    assert not list((sharded / "transformer").glob("*.tmp"))
+    omni = Omni(sharded, device="cpu", progress=False)
+    assert omni.plans["transformer"].method == "modelopt_fp4"
+    assert parse_size("5GB") == 5 << 30 and parse_size("1.5MB") == int(1.5 * (1 << 20)) and parse_size("100") == 100
+    for bad in ("-1GB", "lots", "0"):
+        with pytest.raises(ValueError, match="--max-shard-size"):
+            parse_size(bad)
+
+
 def test_quantize_mixed_policy_matches_modelopt_mixed(bf16_pipe, modelopt_pipelines, tmp_path):
     src, prompts = bf16_pipe
     policy = tmp_path / "ranking.json"  # the sensitivity-ranking form: its "policy" key is used

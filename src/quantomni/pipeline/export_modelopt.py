@@ -47,6 +47,10 @@ DEFAULT_CALIB_PROMPTS = (
     "a city street at night with neon signs in the rain",
 )
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+INDEX_FILE = WEIGHTS_FILE + ".index.json"
+#: the quantized denoiser is written in shards of at most this many bytes (diffusers' sharded layout),
+#: so the export holds one shard in memory, not the whole output
+MAX_SHARD_BYTES = 5 << 30
 _QKV_SETS = (("to_q", "to_k", "to_v"), ("add_q_proj", "add_k_proj", "add_v_proj"))
 _NEEDS_INPUT_SCALE = ("FP8", "NVFP4")
 
@@ -185,8 +189,12 @@ def modelopt_quantization_config(quant_algo: str, layer_algos: dict[str, str | N
 def quantize_pipeline(
     model, algo: str, output, policy=None, calib_prompts=None, calib_steps: int = 4,
     height: int | None = None, width: int | None = None, device=None, dtype="bfloat16", progress: bool = True,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
 ) -> ExportReport:
-    """Calibrate and quantize ``model``'s denoiser into a ModelOpt-layout pipeline at ``output``."""
+    """Calibrate and quantize ``model``'s denoiser into a ModelOpt-layout pipeline at ``output``.
+
+    The denoiser's weights are streamed: each quantized tensor goes into the current shard, and a
+    shard is written once it reaches ``max_shard_bytes`` (one file if everything fits)."""
     from tqdm.auto import tqdm
 
     from quantomni.pipeline.omni import Omni
@@ -249,8 +257,8 @@ def quantize_pipeline(
         if n in input_amax:
             input_amax[n] = torch.stack([input_amax[m] for m in g]).amax()
 
-    # Second pass: write every tensor, quantizing the chosen layers' weights.
-    tensors: dict[str, torch.Tensor] = {}
+    # Second pass: write every tensor, quantizing the chosen layers' weights, shard by shard.
+    writer = _ShardWriter(src, out, comp, algo, layer_algos, max_shard_bytes)
     bar = tqdm(total=len(quant_names), desc=f"Quantizing {comp} ({algo})", unit="layer", disable=not progress, leave=False)
     for name, t in iter_tensors(weight_files):
         layer, _, suffix = name.rpartition(".")
@@ -260,24 +268,74 @@ def quantize_pipeline(
                 q = _quantize_layer(a, t, weight_amax[layer], input_amax.get(layer))
             except ValueError as exc:
                 raise CheckpointError(f"layer {layer!r} ({a}): {exc}") from exc
-            tensors.update({f"{layer}.{k}": v.contiguous() for k, v in q.items()})
+            for k, v in q.items():
+                writer.add(f"{layer}.{k}", v.contiguous())
             bar.update(1)
         else:
-            tensors[name] = t.contiguous()
+            writer.add(name, t.contiguous())
+        del t
     bar.close()
-    _write_output(src, out, comp, algo, layer_algos, tensors)
+    checkpoint_bytes = writer.finish()
     report = ExportReport(
         output=out, component=comp, quant_algo=ALGOS[algo], layer_algos=layer_algos,
         calib_prompts=len(prompts) if calibrated else 0, calib_steps=calib_steps if calibrated else 0,
-        checkpoint_bytes=(out / comp / WEIGHTS_FILE).stat().st_size, time_s=time.perf_counter() - t0,
+        checkpoint_bytes=checkpoint_bytes, time_s=time.perf_counter() - t0,
     )
     logger.info("wrote %s: %s %s in %.1fs", out, comp, report.counts(), report.time_s)
     return report
 
 
-def _write_output(src: Path, out: Path, comp: str, algo: str, layer_algos, tensors) -> None:
-    from safetensors.torch import save_file
+class _ShardWriter:
+    """Copies the pipeline around the denoiser, then writes the denoiser's tensors in shards."""
 
+    def __init__(self, src: Path, out: Path, comp: str, algo: str, layer_algos, max_shard_bytes: int):
+        if not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+            raise ValueError(f"max_shard_bytes: expected a positive integer, got {max_shard_bytes!r}")
+        self.cdir = _write_pipeline_files(src, out, comp, algo, layer_algos)
+        self.max = max_shard_bytes
+        self.current: dict[str, torch.Tensor] = {}
+        self.current_bytes = 0
+        self.shards: list[tuple[str, list[str]]] = []  # (temporary file name, tensor names)
+        self.total = 0
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        n = t.numel() * t.element_size()
+        if self.current and self.current_bytes + n > self.max:
+            self._flush()
+        self.current[name] = t
+        self.current_bytes += n
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        tmp = f"shard-{len(self.shards):05d}.tmp"
+        save_file(self.current, str(self.cdir / tmp), metadata={"format": "pt"})
+        self.shards.append((tmp, list(self.current)))
+        self.total += (self.cdir / tmp).stat().st_size
+        self.current, self.current_bytes = {}, 0
+
+    def finish(self) -> int:
+        """Write the last shard; name the files (one: ``WEIGHTS_FILE``; more: diffusers' numbered
+        shards + ``INDEX_FILE``). Returns the bytes written."""
+        if self.current or not self.shards:
+            self._flush()
+        if len(self.shards) == 1:
+            (self.cdir / self.shards[0][0]).rename(self.cdir / WEIGHTS_FILE)
+            return self.total
+        stem, ext = WEIGHTS_FILE.rsplit(".", 1)
+        weight_map = {}
+        for i, (tmp, names) in enumerate(self.shards):
+            final = f"{stem}-{i + 1:05d}-of-{len(self.shards):05d}.{ext}"
+            (self.cdir / tmp).rename(self.cdir / final)
+            weight_map.update({n: final for n in names})
+        index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
+        (self.cdir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        return self.total
+
+
+def _write_pipeline_files(src: Path, out: Path, comp: str, algo: str, layer_algos) -> Path:
+    """Everything but the denoiser's weights: other components copied, the denoiser's config with
+    its ``quantization_config``. Returns the denoiser's output directory."""
     out.mkdir(parents=True, exist_ok=True)
     for child in src.iterdir():
         if child.name == comp:
@@ -294,4 +352,4 @@ def _write_output(src: Path, out: Path, comp: str, algo: str, layer_algos, tenso
     config = json.loads((src / comp / "config.json").read_text())
     config["quantization_config"] = modelopt_quantization_config(ALGOS[algo], layer_algos)
     (cdir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(tensors, str(cdir / WEIGHTS_FILE), metadata={"format": "pt"})
+    return cdir
