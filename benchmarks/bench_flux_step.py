@@ -109,16 +109,22 @@ def quantize(model, variant: str):
     return plan.summary(), plan.quantized_count
 
 
+def tensor_bytes(t) -> int:
+    """Bytes a tensor holds; a tensor subclass (torchao's FP8 weights) counts its inner tensors
+    (``__tensor_flatten__``), not its logical dtype."""
+    if type(t) not in (torch.Tensor, torch.nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
 def weight_bytes(model) -> int:
     seen, total = set(), 0
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) in seen:
             continue
         seen.add(id(t))
-        try:
-            total += t.numel() * t.element_size()
-        except Exception:
-            total += getattr(t, "nbytes", 0)
+        total += tensor_bytes(t)
     return total
 
 
