@@ -76,9 +76,9 @@ def quantize_weights(w, gen):
     out["int8"] = (torch.round(wf / ws8[:, None]).clamp(-127, 127).to(torch.int8), ws8)
     wsf = (wf.abs().amax(dim=1) / 448.0).clamp(min=1e-12)
     out["fp8"] = ((wf / wsf[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn), wsf)
-    from quantomni.kernels.triton.nvfp4_pack import quantize_nvfp4
+    from quantomni.kernels.nvfp4_ref import nvfp4_quantize
 
-    out["nvfp4"] = quantize_nvfp4(w)
+    out["nvfp4"] = nvfp4_quantize(w)
     blocks = wf.reshape(n, k // 32, 32)
     d = (blocks.abs().amax(dim=-1) / 127.0).clamp(min=1e-12).to(torch.float16)
     qs = torch.round(blocks / d.float()[..., None]).clamp(-127, 127).to(torch.int8)

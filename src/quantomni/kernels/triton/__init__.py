@@ -5,7 +5,6 @@ Public entry points (each wrapper checks device/dtype/shape and raises KernelInp
   int8_gemm.int8_scaled_mm / int8_linear                  INT8 W8A8, int32 acc, fused epilogue
   fp8_gemm.fp8_scaled_mm / fp8_linear                     FP8 W8A8, fused epilogue
   nvfp4_fast.nvfp4_gemv / nvfp4_dequantize_bf16          NVFP4 W4A16: decode-GEMV (M <= 16), one-pass dequantizer
-  nvfp4_pack.quantize_nvfp4 / dequantize_nvfp4           torch NVFP4 quantizer (ModelOpt recipe) + reference
   gguf_gemm.q8_0_mm / q4_k_mm                             GGUF blocks read as stored, fused dequant GEMM
   group_affine_gemm.prepare_q8_0_weight / prepare_q4_k_weight / group_affine_mm
                                                           GGUF repacked once at load time (vector loads)
