@@ -10,6 +10,9 @@ Qwen3-Omni-30B-A3B thinker sizes (hidden 2048, 32 query / 4 KV heads of 128, 128
            experts FP8 per-expert/per-channel (QuantMoEExperts, grouped backend);
   nvfp4  — attention linears NVFP4 W4A16 (weight dequant + bf16 matmul), experts NVFP4 W4A16
            with per-expert block scales (grouped backend, only the active experts dequantized).
+  nvfp4_cuda — the same NVFP4 weights on quantomni's CUDA kernels (``kernels/cuda``): attention
+           linears through the ``cuda`` backend, experts in its layout (``QuantMoEExperts.prepare``:
+           decode-GEMVs on the packed experts while no expert gets more than 16 rows).
 The router (mlp.gate), norms, embeddings and the LM head stay BF16 in every mode.
 Each mode: prefill --prompt tokens for each batch size, then time --decode greedy steps with a
 KV cache (CUDA-synchronised wall clock, after --warmup steps). Also reports the prefill logits'
@@ -102,6 +105,23 @@ class Nvfp4W4A16Linear(nn.Module):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+class CudaNvfp4Linear(Nvfp4W4A16Linear):
+    """The same NVFP4 weights, re-laid out for and run by quantomni's ``cuda`` NVFP4 backend."""
+
+    def __init__(self, lin: nn.Linear):
+        super().__init__(lin)
+        from quantomni.kernels.nvfp4_cuda import CudaNvfp4Kernel
+
+        self.bias = None
+        CudaNvfp4Kernel.prepare()
+        CudaNvfp4Kernel.process_loaded(self)
+
+    def forward(self, x):
+        from quantomni.kernels.nvfp4_cuda import CudaNvfp4Kernel
+
+        return CudaNvfp4Kernel.apply(self, x.reshape(-1, self.in_features)).reshape(*x.shape[:-1], self.out_features)
+
+
 def quantize_stack(model, mode: str, device, moe_backend: str) -> dict:
     """In place; returns what was done. Attention linears + experts; router/norms/head stay BF16."""
     from quantomni.layers.moe import QuantMoEExperts
@@ -117,9 +137,12 @@ def quantize_stack(model, mode: str, device, moe_backend: str) -> dict:
             setattr(attn, proj, _quantize_linear(lin, mode, device))
             n_lin += 1
     n_exp = 0
-    fmt, act = {"fp8": ("fp8", "fp8_token"), "nvfp4": ("nvfp4", "none")}[mode]
+    fmt, act = {"fp8": ("fp8", "fp8_token"), "nvfp4": ("nvfp4", "none"), "nvfp4_cuda": ("nvfp4", "none")}[mode]
+    expert_prep = None
     for name in [n for n, _ in fused_experts(model)]:  # names only: each BF16 module is freed once replaced
         q = QuantMoEExperts.from_module(model.get_submodule(name), fmt, act, moe_backend, name).to(device)
+        if mode == "nvfp4_cuda":
+            expert_prep = q.prepare(torch.device(device))
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, q)
         n_exp += 1
@@ -128,13 +151,15 @@ def quantize_stack(model, mode: str, device, moe_backend: str) -> dict:
                            "version builds experts differently; nothing to quantize there")
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return {"linears": n_lin, "experts": n_exp,
+    return {"linears": n_lin, "experts": n_exp, "expert_layout": expert_prep,
             "expert_backend": q.backend_info(torch.device(device), torch.bfloat16)[2] if n_exp else None}
 
 
 def _quantize_linear(lin, mode, device):
     if mode == "nvfp4":
         return Nvfp4W4A16Linear(lin)
+    if mode == "nvfp4_cuda":
+        return CudaNvfp4Linear(lin)
     from quantomni.kernels.base import KernelSpec, select_linear_kernel
     from quantomni.layers.linear import QuantLinear
     from quantomni.methods.fp8 import Fp8Config
@@ -287,16 +312,16 @@ def main(argv=None) -> int:
     base = {r["batch"]: r.get("tokens_per_s") for r in report["rows"] if r["mode"] == "bf16"}
     print(f"\nQwen3-Omni thinker-shaped MoE stack, {layers} layers, {dims['num_experts']} experts top-"
           f"{dims['num_experts_per_tok']}, prompt {prompt}, {steps} decode steps, {dev_name}, commit {report['commit']}")
-    header = f"{'mode':6s} {'batch':>5s} {'tok/s':>10s} {'ms/step':>9s} {'vs bf16':>8s} {'weights MiB':>12s} {'logit err':>10s}"
+    header = f"{'mode':10s} {'batch':>5s} {'tok/s':>10s} {'ms/step':>9s} {'vs bf16':>8s} {'weights MiB':>12s} {'logit err':>10s}"
     print(header)
     print("-" * len(header))
     for r in report["rows"]:
         if "tokens_per_s" not in r:
-            print(f"{r['mode']:6s} {r.get('batch', '-')!s:>5s}  error: {r.get('error')}")
+            print(f"{r['mode']:10s} {r.get('batch', '-')!s:>5s}  error: {r.get('error')}")
             continue
         ratio = r["tokens_per_s"] / base[r["batch"]] if base.get(r["batch"]) else float("nan")
         err = r.get("prefill_logits_rel_err_vs_bf16")
-        print(f"{r['mode']:6s} {r['batch']:>5d} {r['tokens_per_s']:>10.1f} {r['ms_per_step']:>9.2f} {ratio:>7.2f}x "
+        print(f"{r['mode']:10s} {r['batch']:>5d} {r['tokens_per_s']:>10.1f} {r['ms_per_step']:>9.2f} {ratio:>7.2f}x "
               f"{r['stack_weight_bytes'] / 2**20:>12.1f} {'-' if err is None else f'{err:.4f}':>10s}")
     print(f"total {report['total_s']:.1f} s")
     if args.out:

@@ -256,3 +256,67 @@ def test_backend_layer_compiles_without_graph_breaks_and_captures_in_a_graph():
     g.replay()
     ref = x.double() @ ref_w.t()
     assert float((y.double() - ref).norm() / ref.norm()) < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_moe_gemv_and_per_row_dequant_match_reference():
+    mma = _cuda_ready()
+    gen = torch.Generator().manual_seed(11)
+    e, n, k = 5, 48, 192
+    packed, scales, words, sc = [], [], [], []
+    for i in range(e):
+        q, s, _ = _random_nvfp4(n, k, gen)
+        packed.append(q)
+        scales.append(s)
+        w_, s_ = L.relayout(q, s)
+        words.append(w_)
+        sc.append(s_)
+    gs = torch.rand(e, n, generator=gen) * 0.01 + 0.001  # per expert and row
+    ref_w = torch.stack([_exact_reference(packed[i], scales[i], 1.0) for i in range(e)]) * gs.double().unsqueeze(-1)
+    words, sc, gs_d = torch.stack(words).cuda(), torch.stack(sc).cuda(), gs.cuda()
+    # per-row dequantization of all experts stacked
+    deq = mma.dequantize(words.reshape(e * n // 16, k // 64, 32, 4), sc.reshape(e * n // 16, k // 64, 32),
+                         gs_d.reshape(-1), e * n, k)
+    assert torch.equal(deq.cpu(), ref_w.reshape(e * n, k).float().to(torch.bfloat16))
+    # slots of 1..16 rows (both kernels: <= 8 and > 8 rows)
+    counts = [3, 16, 1, 9]
+    experts = [4, 0, 2, 4]
+    rows = torch.randn(sum(counts), k, generator=gen).to(torch.bfloat16)
+    starts = [sum(counts[:i]) for i in range(len(counts))]
+    slots = torch.tensor([[ex, st, c] for ex, st, c in zip(experts, starts, counts)], dtype=torch.int32)
+    out = mma.moe_gemv(rows.cuda(), words, sc, gs_d, slots.cuda(), n, max(counts))
+    ref = torch.cat([rows[st:st + c].double() @ ref_w[ex].t() for ex, st, c in zip(experts, starts, counts)])
+    assert torch.isfinite(out).all()
+    assert float((out.cpu().double() - ref).norm() / ref.norm()) < 5e-3
+    small = [[1, 0, 2], [3, 2, 5]]  # max 5 rows: the one-MMA kernel
+    out = mma.moe_gemv(rows[:7].cuda(), words, sc, gs_d, torch.tensor(small, dtype=torch.int32).cuda(), n, 5)
+    ref = torch.cat([rows[0:2].double() @ ref_w[1].t(), rows[2:7].double() @ ref_w[3].t()])
+    assert float((out.cpu().double() - ref).norm() / ref.norm()) < 5e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("tokens", [3, 40])  # decode-GEMVs (<= 16 rows per expert); dequant + grouped GEMM
+def test_nvfp4_experts_in_cuda_layout_match_the_stored_layout(tokens):
+    import copy
+    import sys
+
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from test_moe_quant_experts import _experts, _routing
+
+    from quantomni.layers.moe import QuantMoEExperts
+
+    _cuda_ready()
+    ex = _experts(e=4, h=128, i=64)
+    ref_mod = QuantMoEExperts.from_module(ex, "nvfp4", "none", "grouped").cuda()
+    mod = copy.deepcopy(ref_mod)
+    why = mod.prepare(torch.device("cuda"))
+    assert "CUDA layout" in why and mod.gate_up.weight is None and mod.gate_up.weight_mma is not None
+    assert mod.quantized_bytes() == ref_mod.quantized_bytes()
+    x = torch.randn(tokens, 128, device="cuda", dtype=torch.bfloat16)
+    idx, w = _routing(tokens, 4, 2)
+    idx, w = idx.cuda(), w.cuda().to(torch.bfloat16)
+    ref, out = ref_mod(x, idx, w), mod(x, idx, w)
+    assert torch.isfinite(out).all()
+    assert float((out.double() - ref.double()).norm() / ref.double().norm()) < 1e-2

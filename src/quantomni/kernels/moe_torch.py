@@ -107,10 +107,52 @@ def expert_dequantizer(fmt: str) -> Callable:
 
 def dequant_experts(ew, index: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
     """Dequantize the experts ``index`` (long [G]; None = all) of an ExpertWeights -> [G, N, K]."""
+    if getattr(ew, "weight_mma", None) is not None:
+        return _dequant_mma_experts(ew, index, dtype)
+
     def pick(t):
         return None if t is None else (t if index is None else t.index_select(0, index))
 
     return expert_dequantizer(ew.fmt)(pick(ew.weight), pick(ew.weight_scale), pick(ew.weight_scale_2), dtype)
+
+
+def _dequant_mma_experts(ew, index, dtype):
+    """NVFP4 experts in the CUDA kernels' layout (``ExpertWeights.to_mma_layout``): the exact
+    dequantization rounded to bf16 by the CUDA dequantizer (then cast to ``dtype``)."""
+    from quantomni.kernels.cuda import nvfp4_mma
+
+    words, scales, gs = ew.weight_mma, ew.scale_mma, ew.weight_scale_2
+    if index is not None:
+        words, scales, gs = words.index_select(0, index), scales.index_select(0, index), gs.index_select(0, index)
+    g, tiles, steps = words.shape[:3]
+    w = nvfp4_mma.dequantize(words.reshape(g * tiles, steps, 32, 4), scales.reshape(g * tiles, steps, 32),
+                             gs.reshape(-1), g * ew.out_features, ew.in_features)
+    return w.view(g, ew.out_features, ew.in_features).to(dtype)
+
+
+def _mma_slots(uniq: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(expert, first row, rows) per group of sorted rows, as int32 [G, 3] (groups of <= 16 rows)."""
+    starts = torch.cumsum(counts, 0) - counts
+    return torch.stack([uniq, starts, counts], dim=1).to(torch.int32), int(counts.max())
+
+
+def _moe_decode_mma(x, rows, token_of, order, sorted_expert, uniq, counts, top_k_weights, gate_up, down, act_fn):
+    """Few rows per expert: NVFP4 decode-GEMVs on the packed experts (no dequantized copy)."""
+    from quantomni.kernels.cuda import nvfp4_mma
+
+    slots, max_rows = _mma_slots(uniq, counts)
+    h = fake_quant_act(rows, gate_up.act, _rows_scale(gate_up, sorted_expert)).to(torch.bfloat16)
+    gu = nvfp4_mma.moe_gemv(h, gate_up.weight_mma, gate_up.scale_mma, gate_up.weight_scale_2, slots,
+                            gate_up.out_features, max_rows)
+    gate, up = gu.float().chunk(2, dim=-1)
+    h2 = (act_fn(gate) * up).to(x.dtype)
+    h2 = fake_quant_act(h2, down.act, _rows_scale(down, sorted_expert)).to(torch.bfloat16)
+    y = nvfp4_mma.moe_gemv(h2, down.weight_mma, down.scale_mma, down.weight_scale_2, slots, down.out_features,
+                           max_rows).float()
+    y = y * top_k_weights.reshape(-1)[order].float().unsqueeze(-1)
+    out = torch.zeros(x.shape[0], y.shape[1], dtype=torch.float32, device=x.device)
+    out.index_add_(0, token_of, y)
+    return out.to(x.dtype)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -205,6 +247,10 @@ def _group_matmul(rows: torch.Tensor, counts: torch.Tensor, w: torch.Tensor, use
     return out[group_of_row, pos]
 
 
+#: NVFP4 experts in the CUDA layout run decode-GEMVs while no expert gets more rows than this
+MMA_GEMV_MAX_ROWS = 16
+
+
 def moe_experts_grouped(x, top_k_index, top_k_weights, gate_up, down, act_fn, use_grouped_mm: bool = False):
     """Grouped path: same contract as ``moe_experts_reference``, no Python loop over experts."""
     t, k = top_k_index.shape
@@ -219,6 +265,9 @@ def moe_experts_grouped(x, top_k_index, top_k_weights, gate_up, down, act_fn, us
     token_of = order // k
     uniq, counts = torch.unique_consecutive(sorted_expert, return_counts=True)
     rows = x.index_select(0, token_of)
+    if (getattr(gate_up, "weight_mma", None) is not None and x.dtype == torch.bfloat16
+            and int(counts.max()) <= MMA_GEMV_MAX_ROWS):
+        return _moe_decode_mma(x, rows, token_of, order, sorted_expert, uniq, counts, top_k_weights, gate_up, down, act_fn)
     compute = torch.bfloat16 if use_grouped_mm else (x.dtype if x.dtype != torch.float16 else torch.float32)
     h = fake_quant_act(rows, gate_up.act, _rows_scale(gate_up, sorted_expert)).to(compute)
     w1 = dequant_experts(gate_up, uniq, compute)

@@ -66,8 +66,37 @@ class ExpertWeights(nn.Module):
     def quantized_bytes(self) -> int:
         return sum(b.numel() * b.element_size() for b in self.buffers() if b is not None)
 
+    def mma_layout_reason(self) -> tuple[bool, str]:
+        """Can these NVFP4 experts use the CUDA kernels' layout (shape rules of ``nvfp4_mma_layout``)?"""
+        from quantomni.kernels.cuda.nvfp4_mma_layout import supports_shape
+
+        if self.fmt != "nvfp4":
+            return False, f"{self.fmt} experts"
+        if getattr(self, "weight_mma", None) is not None:
+            return True, "already in the CUDA layout"
+        return supports_shape(self.out_features, self.in_features)
+
+    def to_mma_layout(self) -> None:
+        """Re-lay out NVFP4 experts once (same bytes) for the CUDA decode-GEMV / dequantizer
+        (``kernels/cuda``); ``weight``/``weight_scale`` become ``weight_mma``/``scale_mma``."""
+        from quantomni.kernels.cuda.nvfp4_mma_layout import relayout
+
+        if getattr(self, "weight_mma", None) is not None:
+            return
+        ok, why = self.mma_layout_reason()
+        if not ok:
+            raise ValueError(f"experts cannot use the CUDA NVFP4 layout: {why}")
+        words, scales = zip(*(relayout(self.weight[e], self.weight_scale[e]) for e in range(self.num_experts)))
+        self._buffers["weight"] = None
+        self._buffers["weight_scale"] = None
+        self.register_buffer("weight_mma", torch.stack(words))
+        self.register_buffer("scale_mma", torch.stack(scales))
+        self.weight_scale_2 = self.weight_scale_2.float().contiguous()
+
     def extra_repr(self) -> str:
-        return f"experts={self.num_experts}, out={self.out_features}, in={self.in_features}, fmt={self.fmt}, act={self.act}"
+        layout = ", layout=cuda-mma" if getattr(self, "weight_mma", None) is not None else ""
+        return (f"experts={self.num_experts}, out={self.out_features}, in={self.in_features}, fmt={self.fmt}, "
+                f"act={self.act}{layout}")
 
 
 class QuantMoEExperts(nn.Module):
@@ -103,6 +132,27 @@ class QuantMoEExperts(nn.Module):
             dims = (self.gate_up.in_features, self.gate_up.out_features, self.down.in_features, self.down.out_features)
             self._resolved = ((device, dtype), select_moe_backend(self.requested_backend, device, dtype, dims))
         return self._resolved[1]
+
+    def prepare(self, device) -> str:
+        """Once on the run device: NVFP4 experts take the CUDA kernels' layout where those kernels
+        run (decode-GEMVs for few rows per expert, an exact dequantizer + grouped GEMM otherwise).
+        Returns the reason for the record."""
+        device = torch.device(device)
+        if self.gate_up.fmt != "nvfp4":
+            return f"{self.gate_up.fmt} experts: dequantize + grouped GEMM"
+        if self.requested_backend == "torch":
+            return "NVFP4 experts kept as stored: moe_backend=torch (reference)"
+        from quantomni.kernels.cuda import nvfp4_mma
+
+        ok, why = nvfp4_mma.is_supported(device)
+        for ew in (self.gate_up, self.down):
+            if ok:
+                ok, why = ew.mma_layout_reason()
+        if not ok:
+            return f"NVFP4 experts kept as stored ({why}): dequantize + grouped GEMM"
+        self.gate_up.to_mma_layout()
+        self.down.to_mma_layout()
+        return "NVFP4 experts in the CUDA layout: decode-GEMVs up to 16 rows per expert, else exact dequant + grouped GEMM"
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         name, use_grouped_mm, _ = self.backend_info(hidden_states.device, hidden_states.dtype)

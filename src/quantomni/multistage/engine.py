@@ -93,6 +93,9 @@ class OmniMultiStage:
             if cfg is not None:
                 self.plans[stage] = self._quantize_stage(stage, cfg)
         self.model.to(self.device).eval().requires_grad_(False)
+        for mod in self.model.modules():
+            if isinstance(mod, QuantMoEExperts):
+                mod.prepare(self.device)  # idempotent: experts quantized here were prepared already
         self.verify_stage_scopes()
         thinker = self.model.thinker
         eos = _eos_ids(thinker.config.text_config, self.tokenizer)

@@ -100,6 +100,7 @@ def _quantize_experts(module, component, cfg, plan, fmt, moe_backend, device, dt
         experts.to(device)  # quantize where it will run (the host may be far slower)
         q = QuantMoEExperts.from_module(experts, fmt, ACT_BY_FORMAT[fmt], moe_backend, f"{component}.{name}")
         q.to(device)
+        q.prepare(device)
         backend, grouped_mm, why = q.backend_info(device, dtype)
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, q)

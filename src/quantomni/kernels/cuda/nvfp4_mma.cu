@@ -88,31 +88,21 @@ __device__ __forceinline__ float qo_bf16_lo(u32 v) { return __uint_as_float(v <<
 __device__ __forceinline__ float qo_bf16_hi(u32 v) { return __uint_as_float(v & 0xFFFF0000u); }
 
 // ---------------------------------------------------------------------------------------------
-// GEMV / small-M GEMM.  grid = (N / 16, splits), block = WARPS * 32.
-//   wq  [N/16][K/64][32][4] u32   sc [N/16][K/64][32] u16   x [M][K] bf16 (16-byte aligned rows)
-//   out [M][N] bf16   ws [M][N] f32 (zero; splits > 1)   counters [N/16] int (zero; splits > 1)
-// MMA A = decoded weights (16 rows), B = activations (8 tokens; M16: a second MMA for tokens 8-15).
-// chunk: K steps per split.
+// The K loop of one block on one 16-row tile: steps [j0, j1) split over the block's warps, then
+// summed in shared memory.  wtile / stile: the tile's first step; x: M <= 16 activation rows.
+// Returns true in warp 0, which then holds the block's sums in acc[0 .. NACC); other warps return
+// false and must exit.  acc[4 * tile + r]: row g + 8 * (r / 2) of the tile, token 8 * tile + 2 c + r % 2.
 template <int WARPS, int UNROLL, bool M16>
-__global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
-    const u32* __restrict__ wq, const u16* __restrict__ sc, const u16* __restrict__ x,
-    const float* __restrict__ gscale, const u16* __restrict__ bias, u16* __restrict__ out, float* ws,
-    int* counters, int M, int N, int K, int chunk, int has_bias) {
+__device__ __forceinline__ bool qo_gemv_tile(const u32* __restrict__ wtile, const u16* __restrict__ stile,
+                                             const u16* __restrict__ x, int M, int K, int j0, int j1, float* acc) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int t = blockIdx.x;
-  const int steps = K >> 6;
-  const int j0 = blockIdx.y * chunk;
-  const int j1 = j0 + chunk < steps ? j0 + chunk : steps;
   const bool tok_lo = g < M;
   const bool tok_hi = M16 && (g + 8 < M);
-
-  const u32* wbase = wq + (size_t)t * steps * 128 + lane * 4;
-  const u16* sbase = sc + (size_t)t * steps * 32 + lane;
+  const u32* wbase = wtile + lane * 4;
+  const u16* sbase = stile + lane;
   const u16* xlo = x + (size_t)(tok_lo ? g : 0) * K + c * 16;
   const u16* xhi = x + (size_t)(tok_hi ? g + 8 : 0) * K + c * 16;
-
-  float acc[8];
 #pragma unroll
   for (int q = 0; q < 8; ++q) acc[q] = 0.f;
 
@@ -165,15 +155,39 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
       for (int q = 0; q < NACC; ++q) red[warp - 1][q][lane] = acc[q];
     }
     __syncthreads();
-    if (warp > 0) return;
+    if (warp > 0) return false;
 #pragma unroll
     for (int w = 0; w < WARPS - 1; ++w) {
 #pragma unroll
       for (int q = 0; q < NACC; ++q) acc[q] += red[w][q][lane];
     }
   }
+  return true;
+}
 
-  // acc[4 * tile + r]: row 16 t + g + 8 * (r / 2), token 8 * tile + 2 c + r % 2
+// ---------------------------------------------------------------------------------------------
+// GEMV / small-M GEMM.  grid = (N / 16, splits), block = WARPS * 32.
+//   wq  [N/16][K/64][32][4] u32   sc [N/16][K/64][32] u16   x [M][K] bf16 (16-byte aligned rows)
+//   out [M][N] bf16   ws [M][N] f32 (zero; splits > 1)   counters [N/16] int (zero; splits > 1)
+// MMA A = decoded weights (16 rows), B = activations (8 tokens; M16: a second MMA for tokens 8-15).
+// chunk: K steps per split.
+template <int WARPS, int UNROLL, bool M16>
+__global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
+    const u32* __restrict__ wq, const u16* __restrict__ sc, const u16* __restrict__ x,
+    const float* __restrict__ gscale, const u16* __restrict__ bias, u16* __restrict__ out, float* ws,
+    int* counters, int M, int N, int K, int chunk, int has_bias) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  const int t = blockIdx.x;
+  const int steps = K >> 6;
+  const int j0 = blockIdx.y * chunk;
+  const int j1 = j0 + chunk < steps ? j0 + chunk : steps;
+  constexpr int NACC = M16 ? 8 : 4;
+  float acc[8];
+  if (!qo_gemv_tile<WARPS, UNROLL, M16>(wq + (size_t)t * steps * 128, sc + (size_t)t * steps * 32, x, M, K, j0, j1,
+                                        acc))
+    return;
+
   int row[NACC], tok[NACC];
   bool ok[NACC];
 #pragma unroll
@@ -210,14 +224,46 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
 }
 
 // ---------------------------------------------------------------------------------------------
+// MoE experts, decode-sized: one slot = up to 16 rows routed to one expert.
+// grid = (N / 16, slots), block = WARPS * 32.
+//   wq [E][N/16][K/64][32][4] u32   sc [E][N/16][K/64][32] u16   gscale [E][N] f32 (per row)
+//   slots [S][3] int: (expert, first row, rows <= 16)   x [R][K] bf16   out [R][N] bf16
+template <int WARPS, int UNROLL, bool M16>
+__global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_moe_gemv(
+    const u32* __restrict__ wq, const u16* __restrict__ sc, const u16* __restrict__ x,
+    const float* __restrict__ gscale, const int* __restrict__ slots, u16* __restrict__ out, int N, int K) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  const int t = blockIdx.x;
+  const int steps = K >> 6;
+  const int expert = slots[3 * blockIdx.y], row0 = slots[3 * blockIdx.y + 1], M = slots[3 * blockIdx.y + 2];
+  const size_t tiles = (size_t)(N >> 4);
+  const size_t tile = (size_t)expert * tiles + t;
+  constexpr int NACC = M16 ? 8 : 4;
+  float acc[8];
+  if (!qo_gemv_tile<WARPS, UNROLL, M16>(wq + tile * steps * 128, sc + tile * steps * 32, x + (size_t)row0 * K, M, K,
+                                        0, steps, acc))
+    return;
+#pragma unroll
+  for (int q = 0; q < NACC; ++q) {
+    const int row = t * 16 + g + 8 * ((q & 3) >> 1);
+    const int tok = 8 * (q >> 2) + 2 * c + (q & 1);
+    if (tok >= M) continue;
+    const float v = acc[q] * (gscale[(size_t)expert * N + row] * 256.f);
+    out[(size_t)(row0 + tok) * N + row] = (u16)(qo_pack_bf16x2(v, 0.f) & 0xFFFFu);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dequantize to bf16.  One thread per ITEMS (tile, step, lane) items, 256 apart: each is 16 packed
 // bytes -> 2 rows x 16 bf16.  All loads are issued before any store.  A warp's 32 lanes are one
 // (tile, step) item.  STAGED: stores go through shared memory.
-// grid = ceil(N/16 * K/64 * 32 / (256 * ITEMS)), block = 256.  out [N][K] bf16.
+// grid = ceil(N/16 * K/64 * 32 / (256 * ITEMS)), block = 256.  out [N][K] bf16.  gscale: one f32,
+// or one per row (gs_per_row; stacked experts [E * N]).
 template <int ITEMS, bool STAGED>
 __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
     const u32* __restrict__ wq, const u16* __restrict__ sc, const float* __restrict__ gscale,
-    u16* __restrict__ out, int N, int K) {
+    u16* __restrict__ out, int N, int K, int gs_per_row) {
   const int steps = K >> 6;
   const long long total = (long long)(N >> 4) * steps * 32;
   const long long first = (long long)blockIdx.x * 256 * ITEMS + threadIdx.x;
@@ -231,7 +277,6 @@ __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
       sv[it] = qo_ld_nc_u16(sc + idx);
     }
   }
-  const float gs = gscale[0] * 256.f;
 #pragma unroll
   for (int it = 0; it < ITEMS; ++it) {
     const long long idx = first + it * 256;
@@ -241,6 +286,8 @@ __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
     const int j = (int)(tj % steps);
     const long long t = tj / steps;
     const int g = lane >> 2, c = lane & 3;
+    const float gs_lo = (gs_per_row ? gscale[t * 16 + g] : gscale[0]) * 256.f;
+    const float gs_hi = (gs_per_row ? gscale[t * 16 + g + 8] : gscale[0]) * 256.f;
     const u32 s_lo = qo_scale_pair(sv[it], 0x4040u);
     const u32 s_hi = qo_scale_pair(sv[it], 0x4141u);
     u32 lo[8], hi[8];  // row g / row g + 8: 16 columns each, as bf16 pairs
@@ -250,8 +297,8 @@ __global__ void __launch_bounds__(256) qo_nvfp4_dequant(
     }
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
-      lo[q] = qo_pack_bf16x2(qo_bf16_lo(lo[q]) * gs, qo_bf16_hi(lo[q]) * gs);
-      hi[q] = qo_pack_bf16x2(qo_bf16_lo(hi[q]) * gs, qo_bf16_hi(hi[q]) * gs);
+      lo[q] = qo_pack_bf16x2(qo_bf16_lo(lo[q]) * gs_lo, qo_bf16_hi(lo[q]) * gs_lo);
+      hi[q] = qo_pack_bf16x2(qo_bf16_lo(hi[q]) * gs_hi, qo_bf16_hi(hi[q]) * gs_hi);
     }
     if (STAGED) {
       // through shared memory, so that each store instruction writes four whole 128-byte rows

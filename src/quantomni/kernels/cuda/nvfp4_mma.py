@@ -24,10 +24,12 @@ MAX_M = 16
 WARPS = (2, 4, 8)
 UNROLLS = (1, 2, 3, 4, 6)
 DEQUANT_ITEMS = (1, 2, 4)
+MOE_PLANS = ((4, 2), (8, 1))  # (warps, unroll) of the MoE GEMV
 
 
 def _names() -> list[str]:
     names = [f"qo_nvfp4_gemv<{w}, {u}, {'true' if m16 else 'false'}>" for w in WARPS for u in UNROLLS for m16 in (False, True)]
+    names += [f"qo_nvfp4_moe_gemv<{w}, {u}, {'true' if m16 else 'false'}>" for w, u in MOE_PLANS for m16 in (False, True)]
     return names + [f"qo_nvfp4_dequant<{i}, {st}>" for i in DEQUANT_ITEMS for st in ("false", "true")]
 
 
@@ -174,17 +176,55 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_sca
 
 def dequantize(packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor, n: int, k: int,
                items: int = 1, staged: bool = True) -> torch.Tensor:
-    """The bf16 weight [N, K] (exactly the reference dequantization rounded to bf16)."""
+    """The bf16 weight [N, K] (exactly the reference dequantization rounded to bf16).
+    weight_scale_2: one f32, or one per row ([N]; stacked experts: [E, N] with N = E * rows)."""
     if tuple(packed.shape) != (n // ROWS, k // STEP, 32, 4):
         raise ValueError(f"packed weight must be [{n // ROWS}, {k // STEP}, 32, 4], got {list(packed.shape)}")
+    per_row = weight_scale_2.numel() > 1
+    if per_row and weight_scale_2.numel() != n:
+        raise ValueError(f"weight_scale_2 must hold 1 or {n} values, got {weight_scale_2.numel()}")
     out = torch.empty(n, k, dtype=torch.bfloat16, device=packed.device)
     module, lowered = _module(packed.device)
     threads = (n // ROWS) * (k // STEP) * 32
-    gscale = weight_scale_2.reshape(1).float() if weight_scale_2.dtype != torch.float32 else weight_scale_2
+    gscale = weight_scale_2.reshape(-1).float().contiguous()
     if items not in DEQUANT_ITEMS:
         raise ValueError(f"items must be one of {DEQUANT_ITEMS}")
     runtime.launch(module.function(lowered[f"qo_nvfp4_dequant<{items}, {'true' if staged else 'false'}>"]), (-(-threads // (256 * items)), 1, 1), (256, 1, 1),
-                   [packed, scales, gscale, out, n, k])
+                   [packed, scales, gscale, out, n, k, per_row])
+    return out
+
+
+def moe_gemv(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
+             slots: torch.Tensor, n: int, max_rows: int = MAX_M) -> torch.Tensor:
+    """Experts on few rows each: rows [R, K] bf16 grouped by expert; packed [E, N/16, K/64, 32, 4],
+    scales [E, N/16, K/64, 32], weight_scale_2 f32 [E, N]; slots int32 [S, 3] (expert, first row,
+    rows <= 16), covering every row once; max_rows: the largest slot (<= 8 runs one MMA per word).
+    Returns [R, N] bf16."""
+    r, k = rows.shape
+    e = packed.shape[0]
+    if rows.dtype != torch.bfloat16:
+        raise ValueError(f"rows must be bfloat16, got {rows.dtype}")
+    if tuple(packed.shape[1:]) != (n // ROWS, k // STEP, 32, 4) or tuple(scales.shape) != (e, n // ROWS, k // STEP, 32):
+        raise ValueError(f"packed experts must be [E, {n // ROWS}, {k // STEP}, 32, 4] with matching scales, got "
+                         f"{list(packed.shape)} / {list(scales.shape)}")
+    if tuple(weight_scale_2.shape) != (e, n):
+        raise ValueError(f"weight_scale_2 must be [{e}, {n}], got {list(weight_scale_2.shape)}")
+    if slots.dtype != torch.int32 or slots.dim() != 2 or slots.shape[1] != 3:
+        raise ValueError(f"slots must be int32 [S, 3], got {slots.dtype} {list(slots.shape)}")
+    rows = rows.contiguous()
+    if rows.data_ptr() % 16:
+        rows = rows.clone()
+    out = torch.empty(r, n, dtype=torch.bfloat16, device=rows.device)
+    if slots.shape[0] == 0:
+        return out
+    module, lowered = _module(rows.device)
+    if not 0 < max_rows <= MAX_M:
+        raise ValueError(f"max_rows must be in 1..{MAX_M}, got {max_rows}")
+    m16 = "true" if max_rows > 8 else "false"
+    warps, unroll = MOE_PLANS[0] if n // ROWS >= 64 else MOE_PLANS[1]
+    fn = module.function(lowered[f"qo_nvfp4_moe_gemv<{warps}, {unroll}, {m16}>"])
+    runtime.launch(fn, (n // ROWS, slots.shape[0], 1), (32 * warps, 1, 1),
+                   [packed, scales, rows, weight_scale_2.float().contiguous(), slots.to(rows.device), out, n, k])
     return out
 
 
