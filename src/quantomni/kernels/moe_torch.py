@@ -130,27 +130,34 @@ def _dequant_mma_experts(ew, index, dtype):
     return w.view(g, ew.out_features, ew.in_features).to(dtype)
 
 
-def _mma_slots(uniq: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(expert, first row, rows) per group of sorted rows, as int32 [G, 3] (groups of <= 16 rows)."""
-    starts = torch.cumsum(counts, 0) - counts
-    return torch.stack([uniq, starts, counts], dim=1).to(torch.int32), int(counts.max())
-
-
-def _moe_decode_mma(x, rows, token_of, order, sorted_expert, uniq, counts, top_k_weights, gate_up, down, act_fn):
-    """Few rows per expert: NVFP4 decode-GEMVs on the packed experts (no dequantized copy)."""
+def moe_decode_mma(x, top_k_index, top_k_weights, gate_up, down, act_fn):
+    """NVFP4 experts in the CUDA layout on few tokens: grouped decode-GEMVs on the packed experts,
+    with no host sync (routing is sorted and counted on the device), so it can be captured in a
+    CUDA graph. Same contract as ``moe_experts_reference``."""
     from quantomni.kernels.cuda import nvfp4_mma
 
-    slots, max_rows = _mma_slots(uniq, counts)
-    h = fake_quant_act(rows, gate_up.act, _rows_scale(gate_up, sorted_expert)).to(torch.bfloat16)
-    gu = nvfp4_mma.moe_gemv(h, gate_up.weight_mma, gate_up.scale_mma, gate_up.weight_scale_2, slots,
-                            gate_up.out_features, max_rows)
+    t, k = top_k_index.shape
+    e = gate_up.num_experts
+    flat = top_k_index.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    expert_of = flat[order].clamp(max=e).to(torch.int32)  # index >= E: a dropped slot, sorted last
+    counts = torch.bincount(expert_of, minlength=e + 1)[:e]
+    offs = torch.zeros(e + 1, dtype=torch.int32, device=x.device)
+    offs[1:] = torch.cumsum(counts, 0)
+    token_of = order // k
+    valid = (expert_of < e).to(torch.float32)
+    scale_idx = expert_of.clamp(max=e - 1).long()
+    rows = x.index_select(0, token_of)
+    h = fake_quant_act(rows, gate_up.act, _rows_scale(gate_up, scale_idx)).to(torch.bfloat16)
+    gu = nvfp4_mma.moe_gemv(h, gate_up.weight_mma, gate_up.scale_mma, gate_up.weight_scale_2, expert_of, offs,
+                            gate_up.out_features, t)
     gate, up = gu.float().chunk(2, dim=-1)
     h2 = (act_fn(gate) * up).to(x.dtype)
-    h2 = fake_quant_act(h2, down.act, _rows_scale(down, sorted_expert)).to(torch.bfloat16)
-    y = nvfp4_mma.moe_gemv(h2, down.weight_mma, down.scale_mma, down.weight_scale_2, slots, down.out_features,
-                           max_rows).float()
-    y = y * top_k_weights.reshape(-1)[order].float().unsqueeze(-1)
-    out = torch.zeros(x.shape[0], y.shape[1], dtype=torch.float32, device=x.device)
+    h2 = fake_quant_act(h2, down.act, _rows_scale(down, scale_idx)).to(torch.bfloat16)
+    y = nvfp4_mma.moe_gemv(h2, down.weight_mma, down.scale_mma, down.weight_scale_2, expert_of, offs,
+                           down.out_features, t).float()
+    y = y * (top_k_weights.reshape(-1)[order].float() * valid).unsqueeze(-1)
+    out = torch.zeros(t, y.shape[1], dtype=torch.float32, device=x.device)
     out.index_add_(0, token_of, y)
     return out.to(x.dtype)
 
@@ -247,13 +254,16 @@ def _group_matmul(rows: torch.Tensor, counts: torch.Tensor, w: torch.Tensor, use
     return out[group_of_row, pos]
 
 
-#: NVFP4 experts in the CUDA layout run decode-GEMVs while no expert gets more rows than this
-MMA_GEMV_MAX_ROWS = 16
+#: NVFP4 experts in the CUDA layout run the grouped decode-GEMV up to this many tokens (each expert
+#: re-reads its weights once per 16 of its rows; above it, dequantize + grouped GEMM)
+MMA_GEMV_MAX_TOKENS = 64
 
 
 def moe_experts_grouped(x, top_k_index, top_k_weights, gate_up, down, act_fn, use_grouped_mm: bool = False):
     """Grouped path: same contract as ``moe_experts_reference``, no Python loop over experts."""
     t, k = top_k_index.shape
+    if getattr(gate_up, "weight_mma", None) is not None and x.dtype == torch.bfloat16 and t <= MMA_GEMV_MAX_TOKENS:
+        return moe_decode_mma(x, top_k_index, top_k_weights, gate_up, down, act_fn)
     flat_expert = top_k_index.reshape(-1)
     order = torch.argsort(flat_expert, stable=True)
     sorted_expert = flat_expert[order]
@@ -265,9 +275,6 @@ def moe_experts_grouped(x, top_k_index, top_k_weights, gate_up, down, act_fn, us
     token_of = order // k
     uniq, counts = torch.unique_consecutive(sorted_expert, return_counts=True)
     rows = x.index_select(0, token_of)
-    if (getattr(gate_up, "weight_mma", None) is not None and x.dtype == torch.bfloat16
-            and int(counts.max()) <= MMA_GEMV_MAX_ROWS):
-        return _moe_decode_mma(x, rows, token_of, order, sorted_expert, uniq, counts, top_k_weights, gate_up, down, act_fn)
     compute = torch.bfloat16 if use_grouped_mm else (x.dtype if x.dtype != torch.float16 else torch.float32)
     h = fake_quant_act(rows, gate_up.act, _rows_scale(gate_up, sorted_expert)).to(compute)
     w1 = dequant_experts(gate_up, uniq, compute)

@@ -152,7 +152,8 @@ class QuantMoEExperts(nn.Module):
             return f"NVFP4 experts kept as stored ({why}): dequantize + grouped GEMM"
         self.gate_up.to_mma_layout()
         self.down.to_mma_layout()
-        return "NVFP4 experts in the CUDA layout: decode-GEMVs up to 16 rows per expert, else exact dequant + grouped GEMM"
+        return ("NVFP4 experts in the CUDA layout: grouped decode-GEMVs up to 64 tokens (no host sync), else exact "
+                "dequant + grouped GEMM")
 
     def forward(self, hidden_states, top_k_index, top_k_weights):
         name, use_grouped_mm, _ = self.backend_info(hidden_states.device, hidden_states.dtype)

@@ -224,33 +224,43 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
 }
 
 // ---------------------------------------------------------------------------------------------
-// MoE experts, decode-sized: one slot = up to 16 rows routed to one expert.
-// grid = (N / 16, slots), block = WARPS * 32.
+// MoE experts on rows grouped by expert, with no host sync: block (t, y) works only if row y is
+// the first row of its expert's group, and then runs that expert on all the group's rows, 8 (or
+// 16, M16) at a time.  grid = (N / 16, R), block = WARPS * 32.
 //   wq [E][N/16][K/64][32][4] u32   sc [E][N/16][K/64][32] u16   gscale [E][N] f32 (per row)
-//   slots [S][3] int: (expert, first row, rows <= 16)   x [R][K] bf16   out [R][N] bf16
+//   expert_of [R] int (sorted; >= E: a dropped slot)   offs [E + 1] int (group starts)
+//   x [R][K] bf16   out [R][N] bf16 (rows of dropped slots are not written)
 template <int WARPS, int UNROLL, bool M16>
 __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_moe_gemv(
     const u32* __restrict__ wq, const u16* __restrict__ sc, const u16* __restrict__ x,
-    const float* __restrict__ gscale, const int* __restrict__ slots, u16* __restrict__ out, int N, int K) {
+    const float* __restrict__ gscale, const int* __restrict__ expert_of, const int* __restrict__ offs,
+    u16* __restrict__ out, int E, int N, int K) {
+  const int y = blockIdx.y;
+  const int expert = expert_of[y];
+  if (expert >= E || (y > 0 && expert_of[y - 1] == expert)) return;  // uniform over the block
   const int lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
   const int t = blockIdx.x;
   const int steps = K >> 6;
-  const int expert = slots[3 * blockIdx.y], row0 = slots[3 * blockIdx.y + 1], M = slots[3 * blockIdx.y + 2];
-  const size_t tiles = (size_t)(N >> 4);
-  const size_t tile = (size_t)expert * tiles + t;
+  const int r1 = offs[expert + 1];
+  const size_t tile = (size_t)expert * (size_t)(N >> 4) + t;
+  constexpr int CHUNK = M16 ? 16 : 8;
   constexpr int NACC = M16 ? 8 : 4;
-  float acc[8];
-  if (!qo_gemv_tile<WARPS, UNROLL, M16>(wq + tile * steps * 128, sc + tile * steps * 32, x + (size_t)row0 * K, M, K,
-                                        0, steps, acc))
-    return;
+  for (int row0 = y; row0 < r1; row0 += CHUNK) {
+    const int M = r1 - row0 < CHUNK ? r1 - row0 : CHUNK;
+    float acc[8];
+    if (qo_gemv_tile<WARPS, UNROLL, M16>(wq + tile * steps * 128, sc + tile * steps * 32, x + (size_t)row0 * K, M, K,
+                                         0, steps, acc)) {
 #pragma unroll
-  for (int q = 0; q < NACC; ++q) {
-    const int row = t * 16 + g + 8 * ((q & 3) >> 1);
-    const int tok = 8 * (q >> 2) + 2 * c + (q & 1);
-    if (tok >= M) continue;
-    const float v = acc[q] * (gscale[(size_t)expert * N + row] * 256.f);
-    out[(size_t)(row0 + tok) * N + row] = (u16)(qo_pack_bf16x2(v, 0.f) & 0xFFFFu);
+      for (int q = 0; q < NACC; ++q) {
+        const int row = t * 16 + g + 8 * ((q & 3) >> 1);
+        const int tok = 8 * (q >> 2) + 2 * c + (q & 1);
+        if (tok >= M) continue;
+        const float v = acc[q] * (gscale[(size_t)expert * N + row] * 256.f);
+        out[(size_t)(row0 + tok) * N + row] = (u16)(qo_pack_bf16x2(v, 0.f) & 0xFFFFu);
+      }
+    }
+    if (WARPS > 1) __syncthreads();  // the reduction buffer is reused by the next chunk
   }
 }
 

@@ -195,11 +195,12 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch
 
 
 def moe_gemv(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
-             slots: torch.Tensor, n: int, max_rows: int = MAX_M) -> torch.Tensor:
-    """Experts on few rows each: rows [R, K] bf16 grouped by expert; packed [E, N/16, K/64, 32, 4],
-    scales [E, N/16, K/64, 32], weight_scale_2 f32 [E, N]; slots int32 [S, 3] (expert, first row,
-    rows <= 16), covering every row once; max_rows: the largest slot (<= 8 runs one MMA per word).
-    Returns [R, N] bf16."""
+             expert_of: torch.Tensor, offs: torch.Tensor, n: int, max_rows: int) -> torch.Tensor:
+    """Experts on rows grouped by expert, without a host sync: rows [R, K] bf16 sorted by expert;
+    packed [E, N/16, K/64, 32, 4], scales [E, N/16, K/64, 32], weight_scale_2 f32 [E, N];
+    expert_of int32 [R] (sorted; E or more marks a dropped slot); offs int32 [E + 1] (start of each
+    expert's rows); max_rows: a bound on rows per expert (<= 8 runs one MMA per decoded word).
+    Returns [R, N] bf16; rows of dropped slots are zero."""
     r, k = rows.shape
     e = packed.shape[0]
     if rows.dtype != torch.bfloat16:
@@ -209,22 +210,22 @@ def moe_gemv(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, wei
                          f"{list(packed.shape)} / {list(scales.shape)}")
     if tuple(weight_scale_2.shape) != (e, n):
         raise ValueError(f"weight_scale_2 must be [{e}, {n}], got {list(weight_scale_2.shape)}")
-    if slots.dtype != torch.int32 or slots.dim() != 2 or slots.shape[1] != 3:
-        raise ValueError(f"slots must be int32 [S, 3], got {slots.dtype} {list(slots.shape)}")
+    if expert_of.dtype != torch.int32 or tuple(expert_of.shape) != (r,):
+        raise ValueError(f"expert_of must be int32 [{r}], got {expert_of.dtype} {list(expert_of.shape)}")
+    if offs.dtype != torch.int32 or tuple(offs.shape) != (e + 1,):
+        raise ValueError(f"offs must be int32 [{e + 1}], got {offs.dtype} {list(offs.shape)}")
     rows = rows.contiguous()
     if rows.data_ptr() % 16:
         rows = rows.clone()
-    out = torch.empty(r, n, dtype=torch.bfloat16, device=rows.device)
-    if slots.shape[0] == 0:
+    out = torch.zeros(r, n, dtype=torch.bfloat16, device=rows.device)
+    if r == 0:
         return out
     module, lowered = _module(rows.device)
-    if not 0 < max_rows <= MAX_M:
-        raise ValueError(f"max_rows must be in 1..{MAX_M}, got {max_rows}")
     m16 = "true" if max_rows > 8 else "false"
     warps, unroll = MOE_PLANS[0] if n // ROWS >= 64 else MOE_PLANS[1]
     fn = module.function(lowered[f"qo_nvfp4_moe_gemv<{warps}, {unroll}, {m16}>"])
-    runtime.launch(fn, (n // ROWS, slots.shape[0], 1), (32 * warps, 1, 1),
-                   [packed, scales, rows, weight_scale_2.float().contiguous(), slots.to(rows.device), out, n, k])
+    runtime.launch(fn, (n // ROWS, r, 1), (32 * warps, 1, 1),
+                   [packed, scales, rows, weight_scale_2.float().contiguous(), expert_of, offs, out, e, n, k])
     return out
 
 
