@@ -138,25 +138,22 @@ def moe_decode_mma(x, top_k_index, top_k_weights, gate_up, down, act_fn):
 
     t, k = top_k_index.shape
     e = gate_up.num_experts
-    flat = top_k_index.reshape(-1)
-    order = torch.argsort(flat, stable=True)
-    expert_of = flat[order].clamp(max=e).to(torch.int32)  # index >= E: a dropped slot, sorted last
-    counts = torch.bincount(expert_of, minlength=e + 1)[:e]
-    offs = torch.zeros(e + 1, dtype=torch.int32, device=x.device)
-    offs[1:] = torch.cumsum(counts, 0)
+    sorted_expert, order = torch.sort(top_k_index.reshape(-1), stable=True)
+    expert_of = sorted_expert.clamp(max=e).to(torch.int32)  # index >= E: a dropped slot, sorted last
+    # start of each expert's rows (searchsorted, not bincount: bincount syncs with the host)
+    offs = torch.searchsorted(expert_of, torch.arange(e + 1, device=x.device, dtype=torch.int32), out_int32=True)
     token_of = order // k
-    valid = (expert_of < e).to(torch.float32)
     scale_idx = expert_of.clamp(max=e - 1).long()
     rows = x.index_select(0, token_of)
     h = fake_quant_act(rows, gate_up.act, _rows_scale(gate_up, scale_idx)).to(torch.bfloat16)
     gu = nvfp4_mma.moe_gemv(h, gate_up.weight_mma, gate_up.scale_mma, gate_up.weight_scale_2, expert_of, offs,
-                            gate_up.out_features, t)
+                            gate_up.out_features, t)  # dropped slots' rows stay zero, and so do their outputs
     gate, up = gu.float().chunk(2, dim=-1)
     h2 = (act_fn(gate) * up).to(x.dtype)
     h2 = fake_quant_act(h2, down.act, _rows_scale(down, scale_idx)).to(torch.bfloat16)
     y = nvfp4_mma.moe_gemv(h2, down.weight_mma, down.scale_mma, down.weight_scale_2, expert_of, offs,
                            down.out_features, t).float()
-    y = y * (top_k_weights.reshape(-1)[order].float() * valid).unsqueeze(-1)
+    y = y * top_k_weights.reshape(-1)[order].float().unsqueeze(-1)
     out = torch.zeros(t, y.shape[1], dtype=torch.float32, device=x.device)
     out.index_add_(0, token_of, y)
     return out.to(x.dtype)
