@@ -93,9 +93,13 @@ class OmniMultiStage:
             if cfg is not None:
                 self.plans[stage] = self._quantize_stage(stage, cfg)
         self.model.to(self.device).eval().requires_grad_(False)
+        layouts: dict[str, int] = {}
         for mod in self.model.modules():
-            if isinstance(mod, QuantMoEExperts):
-                mod.prepare(self.device)  # idempotent: experts quantized here were prepared already
+            if isinstance(mod, QuantMoEExperts):  # idempotent: experts quantized here were prepared already
+                why = mod.prepare(self.device)
+                layouts[why] = layouts.get(why, 0) + 1
+        for why, n in layouts.items():
+            logger.info("MoE experts (%d modules): %s", n, why)
         self.verify_stage_scopes()
         thinker = self.model.thinker
         eos = _eos_ids(thinker.config.text_config, self.tokenizer)

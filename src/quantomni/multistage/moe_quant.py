@@ -100,7 +100,7 @@ def _quantize_experts(module, component, cfg, plan, fmt, moe_backend, device, dt
         experts.to(device)  # quantize where it will run (the host may be far slower)
         q = QuantMoEExperts.from_module(experts, fmt, ACT_BY_FORMAT[fmt], moe_backend, f"{component}.{name}")
         q.to(device)
-        q.prepare(device)
+        layout = q.prepare(device)
         backend, grouped_mm, why = q.backend_info(device, dtype)
         parent_name, _, child = name.rpartition(".")
         setattr(module.get_submodule(parent_name) if parent_name else module, child, q)
@@ -109,4 +109,4 @@ def _quantize_experts(module, component, cfg, plan, fmt, moe_backend, device, dt
             plan.records.append(LayerRecord(
                 component, f"{name}.{proj}", ew.in_features, ew.out_features, True, cfg.method,
                 f"{fmt} experts x{ew.num_experts} A:{ew.act}",
-                f"moe-{backend}" + ("+grouped_mm" if grouped_mm else ""), f"quantized experts: {why}"))
+                f"moe-{backend}" + ("+grouped_mm" if grouped_mm else ""), f"quantized experts: {why}; {layout}"))
