@@ -9,7 +9,8 @@
 //                    the warps of a block (shared-memory reduction) and over blocks (fp32 atomics
 //                    into a zeroed workspace; the last block of a tile applies the epilogue and
 //                    zeroes the workspace and its counter again).
-//   qo_nvfp4_dequant W[N, K] bf16, for cuBLAS at larger M.
+//   qo_nvfp4_moe_gemv  MoE experts on rows grouped by expert (decode), no host sync.
+//   qo_nvfp4_dequant W[N, K] bf16, for cuBLAS at larger M (one global scale, or one per row).
 
 typedef unsigned int u32;
 typedef unsigned short u16;
