@@ -5,7 +5,8 @@
 // Compiled at run time with NVRTC; no headers are included.
 //
 //   qo_nvfp4_gemv    out[M, N] = x[M, K] @ W^T (M <= 16): weights decoded in registers straight
-//                    into mma.sync.m16n8k16 B fragments (bf16, fp32 accumulation); K split over
+//                    into mma.sync.m16n8k16 A fragments (the 16-row operand; tokens are the
+//                    8-column one; bf16, fp32 accumulation); K split over
 //                    the warps of a block (shared-memory reduction) and over blocks (fp32 atomics
 //                    into a zeroed workspace; the last block of a tile applies the epilogue and
 //                    zeroes the workspace and its counter again).
