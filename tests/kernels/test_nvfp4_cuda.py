@@ -168,7 +168,7 @@ def _quantized(n, k, seed=0):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("plan", [None, dict(warps=4, unroll=1, splits=1), dict(warps=8, unroll=6, splits=3),
                                   dict(warps=2, unroll=3, splits=64)])
-@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16])
+@pytest.mark.parametrize("m", [1, 2, 7, 8, 9, 16, 17, 40, 64])
 @pytest.mark.parametrize("k,n", [(64, 16), (192, 48), (3072, 1536), (768, 2048)])
 def test_gemv_matches_reference(k, n, m, plan):
     mma = _cuda_ready()
@@ -241,7 +241,7 @@ def test_backend_layer_compiles_without_graph_breaks_and_captures_in_a_graph():
     CudaNvfp4Kernel.process_loaded(layer)
     assert layer.weight is None and layer.weight_mma.dtype == torch.int32
     ref_w = nvfp4_dequantize(packed, ws, ws2, torch.float64)
-    for m in (4, 100):
+    for m in (4, 40, 100):  # one GEMV chunk, three chunks, dequantize + cuBLAS
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         compiled = torch.compile(layer, fullgraph=True)
         out = compiled(x)

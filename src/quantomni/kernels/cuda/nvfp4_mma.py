@@ -20,7 +20,8 @@ import torch
 from quantomni.kernels.cuda import runtime
 from quantomni.kernels.cuda.nvfp4_mma_layout import ROWS, STEP, cuda_defines
 
-MAX_M = 16
+MAX_M = 16  # rows per MMA tile pair (and the MoE kernel's chunk)
+GEMV_MAX_M = 64  # the GEMV takes up to this many rows (in chunks of 8/16); larger M: dequantize + cuBLAS
 WARPS = (2, 4, 8)
 UNROLLS = (1, 2, 3, 4, 6)
 DEQUANT_ITEMS = (1, 2, 4)
@@ -130,7 +131,7 @@ def _workspace(device: torch.device, floats: int, counters: int) -> tuple[torch.
 def reserve_workspace(device: torch.device, n: int) -> None:
     """Allocate the split-K workspace for an N-wide layer now (at load time, not inside a CUDA
     graph capture)."""
-    _workspace(torch.device(device), MAX_M * n, n // ROWS)
+    _workspace(torch.device(device), GEMV_MAX_M * n, n // ROWS)
 
 
 def _check(x, packed, scales, n, k):
@@ -138,8 +139,8 @@ def _check(x, packed, scales, n, k):
         raise ValueError(f"x must be [M, {k}], got {list(x.shape)}")
     if x.dtype != torch.bfloat16:
         raise ValueError(f"x must be bfloat16, got {x.dtype}")
-    if x.shape[0] > MAX_M:
-        raise ValueError(f"gemv handles M <= {MAX_M}, got {x.shape[0]}")
+    if x.shape[0] > GEMV_MAX_M:
+        raise ValueError(f"gemv handles M <= {GEMV_MAX_M}, got {x.shape[0]}")
     if tuple(packed.shape) != (n // ROWS, k // STEP, 32, 4) or packed.dtype != torch.int32:
         raise ValueError(f"packed weight must be int32 [{n // ROWS}, {k // STEP}, 32, 4], got {packed.dtype} {list(packed.shape)}")
     if tuple(scales.shape) != (n // ROWS, k // STEP, 32) or scales.dtype != torch.int16:
@@ -148,7 +149,7 @@ def _check(x, packed, scales, n, k):
 
 def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
          bias: torch.Tensor | None, n: int, plan: GemvPlan | None = None) -> torch.Tensor:
-    """x [M <= 16, K] bf16 @ W^T (+ bias) -> [M, N] bf16."""
+    """x [M <= 64, K] bf16 @ W^T (+ bias) -> [M, N] bf16."""
     k = x.shape[-1]
     _check(x, packed, scales, n, k)
     m = x.shape[0]
@@ -265,8 +266,8 @@ def register_ops() -> None:
 
 def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
            bias: torch.Tensor | None, n: int) -> torch.Tensor:
-    """x [M, K] -> [M, N] in x.dtype (bf16): the GEMV up to 16 rows, else dequantize + cuBLAS."""
-    if x.shape[0] <= MAX_M:
+    """x [M, K] -> [M, N] in x.dtype (bf16): the GEMV up to GEMV_MAX_M rows, else dequantize + cuBLAS."""
+    if x.shape[0] <= GEMV_MAX_M:
         return gemv(x, packed, scales, weight_scale_2, bias, n)
     w = dequantize(packed, scales, weight_scale_2, n, x.shape[1])
     return torch.nn.functional.linear(x, w, bias)
