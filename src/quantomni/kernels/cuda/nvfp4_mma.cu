@@ -172,10 +172,69 @@ __device__ __forceinline__ bool qo_gemv_tile(const u32* __restrict__ wtile, cons
 //   wq  [N/16][K/64][32][4] u32   sc [N/16][K/64][32] u16   x [M][K] bf16 (16-byte aligned rows)
 //   out [M][N] bf16   ws [M][N] f32 (zero; splits > 1)   counters [N/16] int (zero; splits > 1)
 // MMA A = decoded weights (16 rows), B = activations (8 tokens; M16: a second MMA for tokens 8-15).
-// Rows are taken 8 (16 with M16) at a time; later chunks re-read the block's weights, mostly from
-// L2.  chunk: K steps per split.
+// chunk: K steps per split.
 template <int WARPS, int UNROLL, bool M16>
 __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
+    const u32* __restrict__ wq, const u16* __restrict__ sc, const u16* __restrict__ x,
+    const float* __restrict__ gscale, const u16* __restrict__ bias, u16* __restrict__ out, float* ws,
+    int* counters, int M, int N, int K, int chunk, int has_bias) {
+  const int lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  const int t = blockIdx.x;
+  const int steps = K >> 6;
+  const int j0 = blockIdx.y * chunk;
+  const int j1 = j0 + chunk < steps ? j0 + chunk : steps;
+  constexpr int NACC = M16 ? 8 : 4;
+  float acc[8];
+  if (!qo_gemv_tile<WARPS, UNROLL, M16>(wq + (size_t)t * steps * 128, sc + (size_t)t * steps * 32, x, M, K, j0, j1,
+                                        acc))
+    return;
+
+  int row[NACC], tok[NACC];
+  bool ok[NACC];
+#pragma unroll
+  for (int q = 0; q < NACC; ++q) {
+    row[q] = t * 16 + g + 8 * ((q & 3) >> 1);
+    tok[q] = 8 * (q >> 2) + 2 * c + (q & 1);
+    ok[q] = tok[q] < M;
+  }
+  if (gridDim.y > 1) {
+#pragma unroll
+    for (int q = 0; q < NACC; ++q)
+      if (ok[q]) atomicAdd(ws + (size_t)tok[q] * N + row[q], acc[q]);
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(counters + t, 1) == (int)gridDim.y - 1;
+    last = __shfl_sync(0xFFFFFFFFu, last, 0);
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int q = 0; q < NACC; ++q)
+      if (ok[q]) acc[q] = atomicExch(ws + (size_t)tok[q] * N + row[q], 0.f);
+    if (lane == 0) counters[t] = 0;
+  }
+
+  const float gs = gscale[0] * 256.f;
+#pragma unroll
+  for (int q = 0; q < NACC; ++q) {
+    if (!ok[q]) continue;
+    float v = acc[q] * gs;
+    if (has_bias) v += qo_bf16_lo((u32)bias[row[q]]);
+    out[(size_t)tok[q] * N + row[q]] = (u16)(qo_pack_bf16x2(v, 0.f) & 0xFFFFu);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM for 16 < M <= 64 (the GEMV's loop over row chunks; a separate kernel, so that the M <= 16
+// GEMV keeps its code).  grid = (N / 16, splits), block = WARPS * 32.
+//   wq  [N/16][K/64][32][4] u32   sc [N/16][K/64][32] u16   x [M][K] bf16 (16-byte aligned rows)
+//   out [M][N] bf16   ws [M][N] f32 (zero; splits > 1)   counters [N/16] int (zero; splits > 1)
+// MMA A = decoded weights (16 rows), B = activations (8 tokens; M16: a second MMA for tokens 8-15).
+// Rows are taken 8 (16 with M16) at a time; later chunks re-read the block's weights, mostly from
+// L2.  chunk: K steps per split.
+template <int WARPS, int UNROLL>
+__global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv_rows(
     const u32* __restrict__ wq, const u16* __restrict__ sc, const u16* __restrict__ x,
     const float* __restrict__ gscale, const u16* __restrict__ bias, u16* __restrict__ out, float* ws,
     int* counters, int M, int N, int K, int chunk, int has_bias) {
@@ -186,8 +245,9 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
   const int j0 = blockIdx.y * chunk;
   const int j1 = j0 + chunk < steps ? j0 + chunk : steps;
   const bool split = gridDim.y > 1;
-  constexpr int ROWS_PER = M16 ? 16 : 8;
-  constexpr int NACC = M16 ? 8 : 4;
+  constexpr bool M16 = true;
+  constexpr int ROWS_PER = 16;
+  constexpr int NACC = 8;
   const float gs = gscale[0] * 256.f;
   for (int row0 = 0; row0 < M; row0 += ROWS_PER) {
     const int m = M - row0 < ROWS_PER ? M - row0 : ROWS_PER;

@@ -30,6 +30,7 @@ MOE_PLANS = ((4, 2), (8, 1))  # (warps, unroll) of the MoE GEMV
 
 def _names() -> list[str]:
     names = [f"qo_nvfp4_gemv<{w}, {u}, {'true' if m16 else 'false'}>" for w in WARPS for u in UNROLLS for m16 in (False, True)]
+    names += [f"qo_nvfp4_gemv_rows<{w}, {u}>" for w in WARPS for u in UNROLLS]
     names += [f"qo_nvfp4_moe_gemv<{w}, {u}, {'true' if m16 else 'false'}>" for w, u in MOE_PLANS for m16 in (False, True)]
     return names + [f"qo_nvfp4_dequant<{i}, {st}>" for i in DEQUANT_ITEMS for st in ("false", "true")]
 
@@ -161,7 +162,10 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_sca
     if plan is None:
         plan = gemv_plan(m, n, k, _sm_count(x.device))
     module, lowered = _module(x.device)
-    fn = module.function(lowered[f"qo_nvfp4_gemv<{plan.warps}, {plan.unroll}, {'true' if m > 8 else 'false'}>"])
+    if m > MAX_M:
+        fn = module.function(lowered[f"qo_nvfp4_gemv_rows<{plan.warps}, {plan.unroll}>"])
+    else:
+        fn = module.function(lowered[f"qo_nvfp4_gemv<{plan.warps}, {plan.unroll}, {'true' if m > 8 else 'false'}>"])
     gscale = weight_scale_2.reshape(1).float() if weight_scale_2.dtype != torch.float32 else weight_scale_2
     if plan.splits > 1:
         ws, counters = _workspace(x.device, m * n, n // ROWS)
