@@ -241,7 +241,7 @@ def test_backend_layer_compiles_without_graph_breaks_and_captures_in_a_graph():
     CudaNvfp4Kernel.process_loaded(layer)
     assert layer.weight is None and layer.weight_mma.dtype == torch.int32
     ref_w = nvfp4_dequantize(packed, ws, ws2, torch.float64)
-    for m in (4, 40, 100):  # one GEMV chunk, three chunks, dequantize + cuBLAS
+    for m in (4, 24, 100):  # the GEMV, the row-chunk GEMV, dequantize + cuBLAS
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         compiled = torch.compile(layer, fullgraph=True)
         out = compiled(x)

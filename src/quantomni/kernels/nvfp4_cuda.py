@@ -2,8 +2,8 @@
 
 At load time the packed E2M1 codes and E4M3 block scales are re-laid out (same byte count) so that
 one rotate and one AND per register turn them into ``mma.sync`` operands (``cuda/nvfp4_mma_layout``).
-Per call: M <= 16 -> decode-GEMV on tensor cores, weights read once; larger M -> dequantize to bf16
-(exact) + cuBLAS. W4A4 checkpoints run as W4A16 here, as on the Triton backend.
+Per call: M <= 32 -> decode-GEMV on tensor cores (16 rows per MMA pair; above 16 rows the block
+re-reads its weights, mostly from L2); larger M -> dequantize to bf16 (exact) + cuBLAS. W4A4 checkpoints run as W4A16 here, as on the Triton backend.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """NVFP4 W4A16 on GPUs without FP4 tensor cores, CUDA C++ (``nvfp4_mma.cu``, compiled with NVRTC).
 
-* ``gemv(x, packed, ...)`` for M <= 16: decode in registers into ``mma.sync`` fragments, weights
+* ``gemv(x, packed, ...)`` for M <= 64 (``linear`` uses it up to 32): decode in registers into
+  ``mma.sync`` fragments, weights
   read once (memory-bound), K split over warps and blocks.
 * ``dequantize(packed, ...)``: the bf16 weight, for cuBLAS at larger M.
 
@@ -21,7 +22,11 @@ from quantomni.kernels.cuda import runtime
 from quantomni.kernels.cuda.nvfp4_mma_layout import ROWS, STEP, cuda_defines
 
 MAX_M = 16  # rows per MMA tile pair (and the MoE kernel's chunk)
-GEMV_MAX_M = 64  # the GEMV takes up to this many rows (in chunks of 8/16); larger M: dequantize + cuBLAS
+GEMV_MAX_M = 64  # the GEMV kernels take up to this many rows (16 at a time above 16)
+#: ``linear`` runs the GEMV up to this many rows, dequantize + cuBLAS above. H100 (60e877e): at M = 32
+#: the GEMV is 0.90-1.56x BF16 where dequantize + cuBLAS is 0.46-0.79x; at M = 64 it is 0.52-0.82x,
+#: below dequantize + cuBLAS on the small layers.
+LINEAR_GEMV_MAX_M = 32
 WARPS = (2, 4, 8)
 UNROLLS = (1, 2, 3, 4, 6)
 DEQUANT_ITEMS = (1, 2, 4)
@@ -270,8 +275,8 @@ def register_ops() -> None:
 
 def linear(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch.Tensor,
            bias: torch.Tensor | None, n: int) -> torch.Tensor:
-    """x [M, K] -> [M, N] in x.dtype (bf16): the GEMV up to GEMV_MAX_M rows, else dequantize + cuBLAS."""
-    if x.shape[0] <= GEMV_MAX_M:
+    """x [M, K] -> [M, N] in x.dtype (bf16): the GEMV up to LINEAR_GEMV_MAX_M rows, else dequantize + cuBLAS."""
+    if x.shape[0] <= LINEAR_GEMV_MAX_M:
         return gemv(x, packed, scales, weight_scale_2, bias, n)
     w = dequantize(packed, scales, weight_scale_2, n, x.shape[1])
     return torch.nn.functional.linear(x, w, bias)
