@@ -167,6 +167,19 @@ __device__ __forceinline__ bool qo_gemv_tile(const u32* __restrict__ wtile, cons
   return true;
 }
 
+// Split K: called by warp 0 of every block of a tile after it added its partial sums; true in
+// the last block to arrive, which then reads the sums back (and zeroes them and the counter).
+__device__ __forceinline__ bool qo_split_last(int* counters, int t) {
+  const int lane = threadIdx.x & 31;
+  __threadfence();
+  __syncwarp();
+  int last = 0;
+  if (lane == 0) last = atomicAdd(counters + t, 1) == (int)gridDim.y - 1;
+  last = __shfl_sync(0xFFFFFFFFu, last, 0);
+  if (last) __threadfence();
+  return last;
+}
+
 // ---------------------------------------------------------------------------------------------
 // GEMV / small-M GEMM.  grid = (N / 16, splits), block = WARPS * 32.
 //   wq  [N/16][K/64][32][4] u32   sc [N/16][K/64][32] u16   x [M][K] bf16 (16-byte aligned rows)
@@ -202,13 +215,7 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv(
 #pragma unroll
     for (int q = 0; q < NACC; ++q)
       if (ok[q]) atomicAdd(ws + (size_t)tok[q] * N + row[q], acc[q]);
-    __threadfence();
-    __syncwarp();
-    int last = 0;
-    if (lane == 0) last = atomicAdd(counters + t, 1) == (int)gridDim.y - 1;
-    last = __shfl_sync(0xFFFFFFFFu, last, 0);
-    if (!last) return;
-    __threadfence();
+    if (!qo_split_last(counters, t)) return;
 #pragma unroll
     for (int q = 0; q < NACC; ++q)
       if (ok[q]) acc[q] = atomicExch(ws + (size_t)tok[q] * N + row[q], 0.f);
@@ -272,15 +279,7 @@ __global__ void __launch_bounds__(WARPS * 32) qo_nvfp4_gemv_rows(
     if (WARPS > 1) __syncthreads();  // the reduction buffer is reused by the next chunk
   }
   if (!split || warp > 0) return;
-  // split K: the last block of this tile to finish adds nothing more; it reads the sums back,
-  // writes the outputs and leaves the workspace and its counter zero for the next launch
-  __threadfence();
-  __syncwarp();
-  int last = 0;
-  if (lane == 0) last = atomicAdd(counters + t, 1) == (int)gridDim.y - 1;
-  last = __shfl_sync(0xFFFFFFFFu, last, 0);
-  if (!last) return;
-  __threadfence();
+  if (!qo_split_last(counters, t)) return;
   for (int row0 = 0; row0 < M; row0 += ROWS_PER) {
 #pragma unroll
     for (int q = 0; q < NACC; ++q) {
