@@ -329,3 +329,32 @@ def test_nvfp4_experts_in_cuda_layout_match_the_stored_layout(tokens):
         x.copy_(torch.randn_like(x))
         graph.replay()
         assert torch.equal(captured, mod(x, idx, w))
+
+
+def test_compiled_cubins_are_cached_on_disk(tmp_path, monkeypatch):
+    """A second process (here: a cleared in-process cache) reuses the cubin from disk; a corrupt
+    entry is recompiled; QUANTOMNI_CUDA_CACHE="" turns the disk cache off."""
+    from quantomni.kernels.cuda import runtime
+
+    calls = []
+
+    def fake_compile(source, names, arch, options=()):
+        calls.append(arch)
+        return b"CUBIN" + arch.encode(), {n: f"lowered_{i}" for i, n in enumerate(names)}
+
+    monkeypatch.setattr(runtime, "compile_cubin", fake_compile)
+    monkeypatch.setattr(runtime, "_nvrtc_version", lambda: "13.0")
+    monkeypatch.setenv("QUANTOMNI_CUDA_CACHE", str(tmp_path))
+    first = runtime._compile_cached.__wrapped__("k", "src", ("a<1>", "b"), "sm_90")
+    second = runtime._compile_cached.__wrapped__("k", "src", ("a<1>", "b"), "sm_90")
+    assert first == second and calls == ["sm_90"]
+    runtime._compile_cached.__wrapped__("k", "src changed", ("a<1>", "b"), "sm_90")
+    assert calls == ["sm_90", "sm_90"]  # a different source is a different entry
+    for f in tmp_path.glob("*.json"):
+        f.write_text("{not json")
+    assert runtime._compile_cached.__wrapped__("k", "src", ("a<1>", "b"), "sm_90") == first
+    assert len(calls) == 3 and not list(tmp_path.glob("*.tmp"))
+    monkeypatch.setenv("QUANTOMNI_CUDA_CACHE", "")
+    assert runtime.cache_dir() is None
+    runtime._compile_cached.__wrapped__("k", "src", ("a<1>", "b"), "sm_90")
+    assert len(calls) == 4

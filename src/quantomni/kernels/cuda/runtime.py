@@ -62,6 +62,9 @@ def _check_nvrtc(lib, res: int, what: str) -> None:
         raise CudaRuntimeError(f"NVRTC {what} failed: {lib.nvrtcGetErrorString(res).decode()}")
 
 
+_OPTIONS = ("--std=c++17", "-default-device")
+
+
 def compile_cubin(source: str, name_expressions: list[str], arch: str, options: tuple[str, ...] = ()) -> tuple[bytes, dict[str, str]]:
     """Compile ``source`` for ``arch`` (e.g. "sm_90"). Returns (cubin, {name expression: lowered name})."""
     lib = nvrtc()
@@ -70,7 +73,7 @@ def compile_cubin(source: str, name_expressions: list[str], arch: str, options: 
     try:
         for expr in name_expressions:
             _check_nvrtc(lib, lib.nvrtcAddNameExpression(prog, expr.encode()), f"name expression {expr}")
-        opts = [f"--gpu-architecture={arch}", "--std=c++17", "-default-device", *options]
+        opts = [f"--gpu-architecture={arch}", *_OPTIONS, *options]
         arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         res = lib.nvrtcCompileProgram(prog, len(opts), arr)
         if res != 0:
@@ -196,7 +199,55 @@ def load(key: str, source_fn, name_expressions: list[str], device: torch.device)
         return hit
 
 
+def cache_dir() -> str | None:
+    """Where compiled cubins are kept between processes: ``QUANTOMNI_CUDA_CACHE`` (empty: off),
+    else ``$XDG_CACHE_HOME/quantomni/cuda`` or ``~/.cache/quantomni/cuda``."""
+    env = os.environ.get("QUANTOMNI_CUDA_CACHE")
+    if env is not None:
+        return env or None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "quantomni", "cuda")
+
+
+def _nvrtc_version() -> str:
+    lib = nvrtc()
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    if lib.nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)) != 0:  # pragma: no cover
+        return "unknown"
+    return f"{major.value}.{minor.value}"
+
+
 @functools.cache
 def _compile_cached(key: str, source: str, names: tuple[str, ...], arch: str) -> tuple[bytes, dict[str, str]]:
-    del key  # part of the cache key only
-    return compile_cubin(source, list(names), arch)
+    """Compile once per process; across processes, reuse a cubin from ``cache_dir()`` keyed by the
+    source, the names, the architecture and the NVRTC version (a corrupt or unreadable entry is
+    recompiled and rewritten)."""
+    import hashlib
+    import json
+    import tempfile
+
+    folder = cache_dir()
+    digest = hashlib.sha256("\0".join([source, *names, arch, *_OPTIONS, _nvrtc_version()]).encode()).hexdigest()[:32]
+    path = os.path.join(folder, f"{key}-{arch}-{digest}") if folder else None
+    if path and os.path.isfile(path + ".cubin") and os.path.isfile(path + ".json"):
+        try:
+            with open(path + ".json", encoding="utf-8") as f:
+                lowered = json.load(f)
+            with open(path + ".cubin", "rb") as f:
+                cubin = f.read()
+            if isinstance(lowered, dict) and set(lowered) == set(names) and cubin:
+                return cubin, lowered
+        except (OSError, ValueError):
+            pass
+    cubin, lowered = compile_cubin(source, list(names), arch)
+    if path:
+        try:
+            os.makedirs(folder, exist_ok=True)
+            for ext, data, mode in ((".cubin", cubin, "wb"), (".json", json.dumps(lowered), "w")):
+                fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+                with os.fdopen(fd, mode) as f:
+                    f.write(data)
+                os.replace(tmp, path + ext)  # atomic: a concurrent reader sees the old or the new file
+        except OSError:
+            pass  # a read-only home: compile again next time
+    return cubin, lowered
