@@ -86,6 +86,8 @@ class ExpertWeights(nn.Module):
         ok, why = self.mma_layout_reason()
         if not ok:
             raise ValueError(f"experts cannot use the CUDA NVFP4 layout: {why}")
+        # one expert at a time: relayout's int32/int64 temporaries are several times the packed
+        # bytes, so all experts at once would briefly need gigabytes on a 128-expert layer
         words, scales = zip(*(relayout(self.weight[e], self.weight_scale[e]) for e in range(self.num_experts)))
         self._buffers["weight"] = None
         self._buffers["weight_scale"] = None

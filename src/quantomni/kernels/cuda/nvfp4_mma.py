@@ -50,6 +50,20 @@ def _module(device: torch.device):
     return runtime.load("nvfp4_mma", source, _names(), device)
 
 
+_fns: dict[tuple[int, str], object] = {}
+
+
+def _kernel(device: torch.device, name: str):
+    """The launchable kernel ``name`` on ``device``, looked up once (calls then skip the module
+    lock and the name maps)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    fn = _fns.get((index, name))
+    if fn is None:
+        module, lowered = _module(device)
+        fn = _fns[(index, name)] = module.function(lowered[name])
+    return fn
+
+
 def is_supported(device) -> tuple[bool, str]:
     device = torch.device(device)
     if device.type != "cuda" or not torch.cuda.is_available() or torch.version.cuda is None:
@@ -166,11 +180,10 @@ def gemv(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, weight_sca
         return out
     if plan is None:
         plan = gemv_plan(m, n, k, _sm_count(x.device))
-    module, lowered = _module(x.device)
     if m > MAX_M:
-        fn = module.function(lowered[f"qo_nvfp4_gemv_rows<{plan.warps}, {plan.unroll}>"])
+        fn = _kernel(x.device, f"qo_nvfp4_gemv_rows<{plan.warps}, {plan.unroll}>")
     else:
-        fn = module.function(lowered[f"qo_nvfp4_gemv<{plan.warps}, {plan.unroll}, {'true' if m > 8 else 'false'}>"])
+        fn = _kernel(x.device, f"qo_nvfp4_gemv<{plan.warps}, {plan.unroll}, {'true' if m > 8 else 'false'}>")
     gscale = weight_scale_2.reshape(1).float() if weight_scale_2.dtype != torch.float32 else weight_scale_2
     if plan.splits > 1:
         ws, counters = _workspace(x.device, m * n, n // ROWS)
@@ -194,12 +207,12 @@ def dequantize(packed: torch.Tensor, scales: torch.Tensor, weight_scale_2: torch
     if per_row and weight_scale_2.numel() != n:
         raise ValueError(f"weight_scale_2 must hold 1 or {n} values, got {weight_scale_2.numel()}")
     out = torch.empty(n, k, dtype=torch.bfloat16, device=packed.device)
-    module, lowered = _module(packed.device)
     threads = (n // ROWS) * (k // STEP) * 32
     gscale = weight_scale_2.reshape(-1).float().contiguous()
     if items not in DEQUANT_ITEMS:
         raise ValueError(f"items must be one of {DEQUANT_ITEMS}")
-    runtime.launch(module.function(lowered[f"qo_nvfp4_dequant<{items}, {'true' if staged else 'false'}>"]), (-(-threads // (256 * items)), 1, 1), (256, 1, 1),
+    fn = _kernel(packed.device, f"qo_nvfp4_dequant<{items}, {'true' if staged else 'false'}>")
+    runtime.launch(fn, (-(-threads // (256 * items)), 1, 1), (256, 1, 1),
                    [packed, scales, gscale, out, n, k, per_row])
     return out
 
@@ -230,10 +243,9 @@ def moe_gemv(rows: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, wei
     out = torch.zeros(r, n, dtype=torch.bfloat16, device=rows.device)
     if r == 0:
         return out
-    module, lowered = _module(rows.device)
     m16 = "true" if max_rows > 8 else "false"
     warps, unroll = MOE_PLANS[0] if n // ROWS >= 64 else MOE_PLANS[1]
-    fn = module.function(lowered[f"qo_nvfp4_moe_gemv<{warps}, {unroll}, {m16}>"])
+    fn = _kernel(rows.device, f"qo_nvfp4_moe_gemv<{warps}, {unroll}, {m16}>")
     runtime.launch(fn, (n // ROWS, r, 1), (32 * warps, 1, 1),
                    [packed, scales, rows, weight_scale_2.float().contiguous(), expert_of, offs, out, e, n, k])
     return out

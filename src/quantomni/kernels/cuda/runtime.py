@@ -135,15 +135,6 @@ class Module:
         return fn
 
 
-class Ptr:
-    """Marks an int argument as a 64-bit pointer."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: int):
-        self.value = value
-
-
 try:
     from torch._C import _cuda_getCurrentRawStream as _raw_stream  # what Inductor's generated code uses
 except ImportError:  # pragma: no cover - CPU-only builds
@@ -153,7 +144,7 @@ except ImportError:  # pragma: no cover - CPU-only builds
 def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, int, int], args: list,
            device: torch.device | None = None, shared_mem: int = 0) -> None:
     """Launch on the current torch stream of ``device`` (default: the first tensor argument's).
-    Tensors and ``Ptr`` are passed as pointers, Python ints as 32-bit ints, floats as 32-bit floats."""
+    Tensors are passed as pointers, Python ints as 32-bit ints, floats as 32-bit floats."""
     holders = []
     for a in args:
         if isinstance(a, torch.Tensor):
@@ -162,15 +153,14 @@ def launch(fn: ctypes.c_void_p, grid: tuple[int, int, int], block: tuple[int, in
             holders.append(ctypes.c_void_p(a.data_ptr()))
         elif isinstance(a, (bool, int)):
             holders.append(ctypes.c_int32(int(a)))
-        elif isinstance(a, Ptr):
-            holders.append(ctypes.c_void_p(a.value))
         elif isinstance(a, float):
             holders.append(ctypes.c_float(a))
         else:
             raise TypeError(f"unsupported kernel argument {type(a).__name__}")
     params = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-    index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
-    if index != torch.cuda.current_device():  # the module and the stream belong to that device's context
+    current = torch.cuda.current_device()
+    index = device.index if device is not None and device.index is not None else current
+    if index != current:  # the module and the stream belong to that device's context
         with torch.cuda.device(index):
             return launch(fn, grid, block, args, torch.device("cuda", index), shared_mem)
     stream = _raw_stream(index) if _raw_stream is not None else torch.cuda.current_stream(index).cuda_stream
