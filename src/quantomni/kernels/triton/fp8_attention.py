@@ -1,0 +1,285 @@
+"""FP8 attention for Hopper (sm_90): softmax(q k^T * scale) v with Q, K, V and P as FP8 E4M3.
+
+Why: in a 1024x1024 FLUX step, attention is ~30 ms of ~100 ms once the linears run in FP8, and it
+does not shrink with weight quantization. FP8 wgmma runs twice the BF16 rate.
+
+Semantics (the float reference is ``fp8_attention_reference`` in kernels/attention_ref.py):
+- q, k, v are [B, N, H, D] (diffusers' layout; any strides with unit stride along D), non-causal,
+  no mask, D in {64, 128}. The output is [B, N, H, D] contiguous, in q's dtype.
+- Q: one scale per (batch, head, BLOCK_M query rows), computed inside the attention kernel
+  (amax / 448), so Q is never written in FP8.
+- K, V: one scale per (batch, head, BLOCK_N key rows), written by ``quantize_kv`` in one pass over
+  K and V. V is stored transposed ([D, N], keys contiguous): FP8 wgmma needs its B operand K-major.
+- P (the unnormalised probabilities, in [0, 1] after the running-max shift) is multiplied by 448
+  and cast to E4M3; the row sums use the unrounded P.
+- Each block's P V product is its own wgmma chain, then added in float32 to the accumulator with
+  the block's V scale: Hopper's FP8 wgmma accumulates with reduced precision, so the sum over all
+  keys is never left inside the tensor core.
+- exp2 runs as ex2.approx.f16x2 (two per instruction) when EXP_F16: P is rounded to 3 mantissa
+  bits right after, so f16's 10 bits lose nothing that survives.
+- NaN in q, k or v gives NaN in the affected outputs (the scales ignore NaN, the FP8 cast keeps it).
+
+Importing this module imports triton (the attention layer imports it lazily). The kernels run on
+CUDA, or on the CPU interpreter when TRITON_INTERPRET=1 is set before triton is imported (tests).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+import triton
+import triton.language as tl
+
+from quantomni.kernels.triton._common import KernelInputError, check_device, interpret_mode
+
+FP8_MAX = 448.0
+SUPPORTED_HEAD_DIMS = (64, 128)
+_INPUT_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _cfg(bm, bn, warps, stages, exp_f16=True):
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages, "EXP_F16": exp_f16}
+
+
+DEFAULT_CONFIG = _cfg(128, 128, 8, 3)
+INTERPRET_CONFIG = _cfg(32, 32, 4, 1, exp_f16=False)
+#: swept by benchmarks/bench_attention.py
+CANDIDATE_CONFIGS = [
+    _cfg(128, 128, 8, 3), _cfg(128, 128, 8, 2), _cfg(128, 64, 4, 3), _cfg(128, 128, 4, 3),
+    _cfg(128, 64, 8, 4), _cfg(64, 128, 4, 3), _cfg(128, 128, 8, 3, exp_f16=False),
+    _cfg(128, 128, 8, 4), _cfg(256, 128, 8, 2), _cfg(128, 256, 8, 2),
+]
+
+
+
+@triton.jit
+def _to_fp8(x, INTERPRET: tl.constexpr):
+    """float32 -> E4M3 (round to nearest even). Triton 3.6's interpreter rounds some values that
+    carry into the next binade down by a factor of two (126.5 -> 64), so there x is first rounded to
+    4 significant bits (Veltkamp split with c = 2**20 + 1), which makes the cast exact for normals."""
+    if INTERPRET:
+        t = x * 1048577.0
+        x = t - (t - x)
+    return x.to(tl.float8e4nv)
+
+
+@triton.jit
+def _to_int8_block(x):
+    """One scale for the whole tile: amax / 127; codes round half to even (the 1.5 * 2**23 trick, exact
+    for |v| <= 2**22). A tile holding NaN gets a NaN scale (codes 0): NaN reaches every score it
+    touches, since int8 has no NaN."""
+    amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+    n_nan = tl.sum(tl.sum((x != x).to(tl.int32), axis=1), axis=0)
+    scale = tl.maximum(amax / 127.0, 1e-12)
+    v = (x / scale + 12582912.0) - 12582912.0
+    codes = tl.where(x != x, 0.0, v).to(tl.int8)
+    return codes, tl.where(n_nan > 0, float("nan"), scale)
+
+
+@triton.jit
+def _i32_to_f32(x):
+    """Exact for |x| < 2**22 (a D <= 128 int8 dot product is at most 128 * 127 * 127 < 2**21): an
+    integer add and a float subtract, both at full rate, instead of the quarter-rate I2F."""
+    return (x + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+
+
+@triton.jit
+def kv_quant_kernel(k_ptr, v_ptr, k8_ptr, v8_ptr, ks_ptr, vs_ptr, N, H,
+                    stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, NPAD, NBLK,
+                    D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
+    j = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    n = j * BLOCK_N + tl.arange(0, BLOCK_N)
+    d = tl.arange(0, D)
+    ok = (n < N)[:, None]
+    k = tl.load(k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh + n.to(tl.int64)[:, None] * stride_kn
+                + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    k8, ksc = _to_int8_block(k)
+    tl.store(k8_ptr + (bh.to(tl.int64) * NPAD + n)[:, None] * D + d[None, :], k8)
+    tl.store(ks_ptr + bh * NBLK + j, ksc)
+    v = tl.load(v_ptr + b.to(tl.int64) * stride_vb + h * stride_vh + n.to(tl.int64)[:, None] * stride_vn
+                + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    n_nan = tl.sum(tl.sum((v != v).to(tl.int32), axis=1), axis=0)
+    vsc = tl.maximum(tl.max(tl.max(tl.abs(v), axis=1), axis=0) / 448.0, 1e-12)
+    v8 = _to_fp8(tl.where(v != v, 0.0, v / vsc), INTERPRET)
+    vsc = tl.where(n_nan > 0, float("nan"), vsc)
+    # transposed: row (bh, d), column n
+    tl.store(v8_ptr + (bh.to(tl.int64) * D + d)[None, :] * NPAD + n[:, None], v8)
+    tl.store(vs_ptr + bh * NBLK + j, vsc)
+
+@triton.jit
+def _exp2(x, EXP_F16: tl.constexpr):
+    if EXP_F16:
+        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
+                                         dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        return tl.exp2(x)
+
+@triton.jit
+def _block(acc, m_i, l_i, q8, k8_desc, v8_desc, ks_ptr, vs_ptr, c, j, kv_row, v_row, bh, N, NBLK,
+           D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, EXP_F16: tl.constexpr, INTERPRET: tl.constexpr):
+    k = k8_desc.load([kv_row + j * BLOCK_N, 0])
+    s = _i32_to_f32(tl.dot(q8, k.T, out_dtype=tl.int32)) * (c * tl.load(ks_ptr + bh * NBLK + j))
+    if MASKED:
+        cols = j * BLOCK_N + tl.arange(0, BLOCK_N)
+        s = tl.where((cols < N)[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = _exp2(s - m_new[:, None], EXP_F16)
+    l_i = l_i * alpha + tl.sum(p.to(tl.float32), axis=1)
+    vt = v8_desc.load([v_row, j * BLOCK_N])
+    pv = tl.dot(_to_fp8(p * 448.0, INTERPRET), vt.T)
+    acc = acc * alpha[:, None] + pv * (tl.load(vs_ptr + bh * NBLK + j) * (1.0 / 448.0))
+    return acc, m_new, l_i
+
+@triton.jit
+def attn_kernel(q_ptr, o_ptr, k8_desc, v8_desc, ks_ptr, vs_ptr, qk_scale, NQ, N, H,
+                stride_qb, stride_qn, stride_qh, stride_ob, stride_on, stride_oh, NPAD, NBLK,
+                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXP_F16: tl.constexpr,
+                INTERPRET: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    row_ok = (rows < NQ)[:, None]
+    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh + rows.to(tl.int64)[:, None] * stride_qn
+                + d[None, :], mask=row_ok, other=0.0).to(tl.float32)
+    q8, qsc = _to_int8_block(q)
+    c = qk_scale * qsc
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    kv_row = bh * NPAD
+    v_row = bh * D
+    n_full = N // BLOCK_N
+    if INTERPRET:  # the interpreter cannot bound range() by a run-time scalar under numpy >= 2.3
+        j = 0
+        while j < n_full:
+            acc, m_i, l_i = _block(acc, m_i, l_i, q8, k8_desc, v8_desc, ks_ptr, vs_ptr, c, j, kv_row, v_row,
+                                   bh, N, NBLK, D, BLOCK_N, False, EXP_F16, INTERPRET)
+            j += 1
+    else:
+        for j in range(0, n_full):
+            acc, m_i, l_i = _block(acc, m_i, l_i, q8, k8_desc, v8_desc, ks_ptr, vs_ptr, c, j, kv_row, v_row,
+                                   bh, N, NBLK, D, BLOCK_N, False, EXP_F16, INTERPRET)
+    if n_full < NBLK:
+        acc, m_i, l_i = _block(acc, m_i, l_i, q8, k8_desc, v8_desc, ks_ptr, vs_ptr, c, n_full, kv_row,
+                               v_row, bh, N, NBLK, D, BLOCK_N, True, EXP_F16, INTERPRET)
+    out = acc / l_i[:, None]
+    tl.store(o_ptr + b.to(tl.int64) * stride_ob + h * stride_oh + rows.to(tl.int64)[:, None] * stride_on
+             + d[None, :], out.to(o_ptr.dtype.element_ty), mask=row_ok)
+
+
+
+def _check_qkv(q, k, v):
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if not isinstance(t, torch.Tensor):
+            raise KernelInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _INPUT_DTYPES:
+            raise KernelInputError(f"{name} has dtype {t.dtype}; FP8 attention takes bfloat16 or float16")
+        if t.dim() != 4:
+            raise KernelInputError(f"{name} has shape {tuple(t.shape)}; expected [batch, tokens, heads, head_dim]")
+        check_device(name, t)
+    if k.shape != v.shape:
+        raise KernelInputError(f"key {tuple(k.shape)} and value {tuple(v.shape)} shapes differ")
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise KernelInputError(f"query {tuple(q.shape)} and key {tuple(k.shape)} differ in batch, heads or head_dim "
+                               "(grouped-query attention is not supported)")
+    if q.dtype != k.dtype or q.dtype != v.dtype:
+        raise KernelInputError(f"query, key and value dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if len({q.device, k.device, v.device}) > 1:
+        raise KernelInputError(f"query, key and value are on different devices: {q.device}, {k.device}, {v.device}")
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise KernelInputError(f"head_dim {q.shape[-1]} is not supported by FP8 attention (supported: "
+                               f"{SUPPORTED_HEAD_DIMS})")
+    if k.shape[1] == 0:
+        raise KernelInputError("key has no tokens")
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if t.stride(-1) != 1:
+            raise KernelInputError(f"{name} must be contiguous along head_dim (stride {t.stride(-1)})")
+
+
+def quantize_kv(k: torch.Tensor, v: torch.Tensor, block_n: int):
+    """K and V [B, N, H, D] -> (k8 [B*H*NPAD, D], k_scale [B*H, NBLK], vt8 [B*H*D, NPAD], v_scale [B*H, NBLK])
+    with NPAD = NBLK * block_n; rows past N are zero."""
+    B, N, H, D = k.shape
+    nblk = triton_cdiv(N, block_n)
+    npad = nblk * block_n
+    k8 = torch.empty((B * H * npad, D), dtype=torch.int8, device=k.device)
+    vt8 = torch.empty((B * H * D, npad), dtype=torch.float8_e4m3fn, device=k.device)
+    ks = torch.empty((B * H, nblk), dtype=torch.float32, device=k.device)
+    vs = torch.empty_like(ks)
+    kv_quant_kernel[(nblk, B * H)](k, v, k8, vt8, ks, vs, N, H, k.stride(0), k.stride(1), k.stride(2),
+                            v.stride(0), v.stride(1), v.stride(2), npad, nblk, D=D, BLOCK_N=block_n,
+                          INTERPRET=interpret_mode(), **({} if interpret_mode() else {"num_warps": 4}))
+    return k8, ks, vt8, vs
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                  config: dict | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v for [B, N, H, D] inputs, with Q, K, V and P in FP8 (see the module doc).
+
+    scale defaults to 1/sqrt(D). Raises KernelInputError for unsupported inputs."""
+    _check_qkv(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if not math.isfinite(scale):
+        raise KernelInputError(f"attention scale {scale} is not finite")
+    cfg = dict(INTERPRET_CONFIG if interpret_mode() else DEFAULT_CONFIG)
+    cfg.update(config or {})
+    B, NQ, H, D = q.shape
+    NK = k.shape[1]
+    out = torch.empty((B, NQ, H, D), dtype=q.dtype, device=q.device)
+    if NQ == 0 or B == 0 or H == 0:
+        return out
+    bn = cfg["BLOCK_N"]
+    k8, ks, vt8, vs = quantize_kv(k, v, bn)
+    npad, nblk = ks.shape[1] * bn, ks.shape[1]
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    k_desc = TensorDescriptor(k8, list(k8.shape), [D, 1], [bn, D])
+    v_desc = TensorDescriptor(vt8, list(vt8.shape), [npad, 1], [D, bn])
+    bm = cfg["BLOCK_M"]
+    launch = {} if interpret_mode() else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    attn_kernel[(triton_cdiv(NQ, bm), B * H)](
+        q, out, k_desc, v_desc, ks, vs, scale * 1.4426950408889634, NQ, NK, H,
+        q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), npad, nblk,
+        D=D, BLOCK_M=bm, BLOCK_N=bn, EXP_F16=cfg["EXP_F16"] and not interpret_mode(),
+        INTERPRET=interpret_mode(), **launch)
+    return out
+
+
+def compile_for_sm90(config: dict | None = None, head_dim: int = 128) -> dict:
+    """Compile the attention kernel for sm_90a without a GPU (Triton's bundled ptxas): shared memory,
+    registers, spills and the SASS MMA / loop counts (see sm90_compile_check)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from .sm90_compile_check import _sass_mma_counts
+
+    cfg = {**DEFAULT_CONFIG, **(config or {})}
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    sig = {"q_ptr": "*bf16", "o_ptr": "*bf16", "k8_desc": f"tensordesc<i8[{bn}, {head_dim}]>",
+           "v8_desc": f"tensordesc<fp8e4nv[{head_dim}, {bn}]>", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
+           "qk_scale": "fp32", "NQ": "i32", "N": "i32", "H": "i32", "stride_qb": "i32", "stride_qn": "i32",
+           "stride_qh": "i32", "stride_ob": "i32", "stride_on": "i32", "stride_oh": "i32", "NPAD": "i32",
+           "NBLK": "i32"}
+    consts = {"D": head_dim, "BLOCK_M": bm, "BLOCK_N": bn, "EXP_F16": cfg["EXP_F16"], "INTERPRET": False}
+    sig.update(dict.fromkeys(consts, "constexpr"))
+    names = list(sig)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in
+             ("q_ptr", "o_ptr", "ks_ptr", "vs_ptr", "stride_qb", "stride_qn", "stride_ob", "stride_on", "NPAD")}
+    compiled = triton.compile(ASTSource(fn=attn_kernel, signature=sig, constexprs=consts, attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
+    return {"shared_bytes": compiled.metadata.shared, "registers": compiled.n_regs if hasattr(compiled, "n_regs") else None,
+            "spills": getattr(compiled, "n_spills", None), "sass": _sass_mma_counts(compiled.asm["cubin"])}
