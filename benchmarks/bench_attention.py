@@ -1,4 +1,4 @@
-"""Quantized attention (INT8 QK, FP8 PV; kernels/triton/fp8_attention.py) against BF16 SDPA, in one run.
+"""Quantized attention (INT8 QK, FP8 PV; kernels/triton/attention_int8.py) against BF16 SDPA, in one run.
 
 For each shape: SDPA with torch's default backend choice and with each of the flash / cuDNN /
 efficient backends that runs, then the quantized kernel with every candidate config (quantize_kv
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from sweep_weight_kernels import time_calls
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from quantomni.kernels.triton import fp8_attention as fa
+    from quantomni.kernels.triton import attention_int8 as fa
 
     dev = torch.device("cuda")
     rows = []
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         for cfg in configs:
             label = "q8attn " + ",".join(f"{k}={v}" for k, v in cfg.items())
             try:
-                ms = time_calls([lambda: out.__setitem__("o", fa.fp8_attention(q, k, v, config=cfg))], graph=True)
+                ms = time_calls([lambda: out.__setitem__("o", fa.attention_int8_fp8(q, k, v, config=cfg))], graph=True)
                 err = rel(out["o"])
                 bn = cfg["BLOCK_N"]
                 ms_kv = time_calls([lambda: fa.quantize_kv(k, v, bn)], graph=True)

@@ -14,6 +14,12 @@ regional compilation of the repeated blocks, fullgraph=True; a graph break is re
 `compiled+graph` (the compiled step captured in one CUDA graph: no per-kernel launch cost, as a
 server replaying a captured step runs it).
 
+`--arch wan`: a Wan 2.1 14B-shaped transformer instead (hidden 5120, 40 heads x 128, FFN 13824,
+40 blocks; `--depth small` keeps 4) on a 480p, 81-frame latent (21 x 60 x 104 -> 32760 tokens) with
+512 text tokens.
+A variant suffix `+int8attn` (e.g. `fp8+int8attn`) also routes the transformer's attention through
+quantomni's INT8 QK^T + FP8 PV kernel (layers/attention.py), as `attention="int8"` does.
+
     PYTHONPATH=src python benchmarks/bench_flux_step.py --depth full --out step.json --commit abc123
 """
 
@@ -31,40 +37,68 @@ import traceback
 import torch
 
 DEVICE = "cuda"
+ARCH = "flux"
 
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
                 axes_dims_rope=(16, 56, 56))
+WAN_14B = dict(patch_size=(1, 2, 2), num_attention_heads=40, attention_head_dim=128, in_channels=16, out_channels=16,
+               text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True, eps=1e-6,
+               rope_max_seq_len=1024)
 
 
 def build_model(depth: str, seed: int = 0):
-    from diffusers import FluxTransformer2DModel
+    if ARCH == "wan":
+        from diffusers import WanTransformer3DModel as cls
 
-    cfg = dict(FLUX_DEV)
-    if depth == "small":
-        cfg.update(num_layers=2, num_single_layers=4)
-    elif depth == "tiny":  # CPU smoke test of the script itself
-        cfg.update(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=64,
-                   joint_attention_dim=256, pooled_projection_dim=64, axes_dims_rope=(16, 24, 24))
+        cfg = dict(WAN_14B)
+        if depth == "small":
+            cfg.update(num_layers=4)
+        elif depth == "tiny":
+            cfg.update(num_layers=1, num_attention_heads=2, attention_head_dim=64, text_dim=64, ffn_dim=256)
+    else:
+        from diffusers import FluxTransformer2DModel as cls
+
+        cfg = dict(FLUX_DEV)
+        if depth == "small":
+            cfg.update(num_layers=2, num_single_layers=4)
+        elif depth == "tiny":  # CPU smoke test of the script itself
+            cfg.update(num_layers=1, num_single_layers=1, num_attention_heads=2, attention_head_dim=64,
+                       joint_attention_dim=256, pooled_projection_dim=64, axes_dims_rope=(16, 24, 24))
     with torch.device("meta"):
-        model = FluxTransformer2DModel(**cfg)
+        model = cls(**cfg)
     model = model.to_empty(device=DEVICE).to(torch.bfloat16)
     gen = torch.Generator(DEVICE).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=gen, device=DEVICE, dtype=torch.float32) / p.shape[1] ** 0.5)
+            if p.dim() >= 2 and not name.endswith("scale_shift_table"):  # linears; Wan's Conv3d patch embedding
+                p.copy_(torch.randn(p.shape, generator=gen, device=DEVICE, dtype=torch.float32) / p[0].numel() ** 0.5)
+            elif name.endswith("scale_shift_table"):  # Wan's learned modulation table: small, as trained ones are
+                p.copy_(torch.randn(p.shape, generator=gen, device=DEVICE) * 0.02)
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=gen, device=DEVICE) * 0.02)
             else:
                 p.fill_(1.0)
-    assert not list(model.buffers()), "unexpected buffers left uninitialised"
+    if ARCH == "wan":  # the RoPE tables are buffers computed at construction: rebuild them on the CPU
+        from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+        fresh = WanRotaryPosEmbed(cfg["attention_head_dim"], cfg["patch_size"], cfg["rope_max_seq_len"])
+        for name, buf in fresh.named_buffers():
+            model.rope.get_buffer(name).copy_(buf)
+    elif list(model.buffers()):
+        raise AssertionError("unexpected buffers left uninitialised")
     return model.eval().requires_grad_(False)
 
 
 def make_inputs(depth: str, seed: int = 1):
     g = torch.Generator(DEVICE).manual_seed(seed)
     bf = torch.bfloat16
+    if ARCH == "wan":
+        frames, h, w, text = (21, 60, 104, 4096) if depth != "tiny" else (2, 8, 8, 64)
+        return dict(hidden_states=torch.randn(1, 16, frames, h, w, generator=g, device=DEVICE, dtype=bf),
+                    timestep=torch.full((1,), 500, device=DEVICE, dtype=torch.long),
+                    encoder_hidden_states=torch.randn(1, 512, text, generator=g, device=DEVICE, dtype=bf),
+                    return_dict=False)
     img, txt, joint, pooled = (4096, 512, 4096, 768) if depth != "tiny" else (64, 16, 256, 64)
     return dict(
         hidden_states=torch.randn(1, img, 64, generator=g, device=DEVICE, dtype=bf),
@@ -83,7 +117,16 @@ def quantize(model, variant: str):
     from quantomni.config import build_quant_config
     from quantomni.models.registry import get_adapter
 
-    adapter = get_adapter("flux")
+    adapter = get_adapter(ARCH)
+    variant, plus, extra = variant.partition("+")
+    if plus:
+        if extra != "int8attn":
+            raise ValueError(f"unknown variant suffix +{extra}")
+        from quantomni.layers.attention import install
+
+        desc, n = quantize(model, variant)
+        plan = install(model, "int8", adapter, torch.device(DEVICE))
+        return f"{desc}; attention int8 ({plan.kernel}, {plan.processors} modules)", n
     if variant == "bf16":
         return "bf16", 0
     if variant == "torchao-fp8":
@@ -222,6 +265,7 @@ def sdpa_context(name: str):
 
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", choices=["flux", "wan"], default="flux")
     ap.add_argument("--depth", choices=["tiny", "small", "full"], default="small")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of the script (--depth tiny)")
     ap.add_argument("--variants", default="bf16,fp8,int8,torchao-fp8")
@@ -234,13 +278,13 @@ def main() -> int:
     ap.add_argument("--sdpa", default="default", choices=["default", "cudnn", "flash", "efficient"],
                     help="SDPA backend for every variant (same for all: a fair comparison)")
     args = ap.parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, ARCH
+    DEVICE, ARCH = args.device, args.arch
     inputs = make_inputs(args.depth)
     rows, ref = [], {}
     meta = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu", "torch": torch.__version__, "cuda": torch.version.cuda,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), "commit": args.commit,
-            "depth": args.depth, "sdpa": args.sdpa, "timer": "CUDA events, median of iters after warmup"}
+            "arch": args.arch, "depth": args.depth, "sdpa": args.sdpa, "timer": "CUDA events, median of iters after warmup"}
     try:
         import torchao
 

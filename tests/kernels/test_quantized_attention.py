@@ -1,4 +1,4 @@
-"""Quantized attention: INT8 Q K^T + FP8 P V (kernels/triton/fp8_attention.py) and its torch model
+"""Quantized attention: INT8 Q K^T + FP8 P V (kernels/triton/attention_int8.py) and its torch model
 (kernels/attention_torch.py).
 
 Numerical kernel cases run on the Triton CPU interpreter in a subprocess
@@ -57,21 +57,21 @@ def test_input_errors(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # validation runs before any launch
     from quantomni.kernels.triton._common import KernelInputError
-    from quantomni.kernels.triton.fp8_attention import fp8_attention
+    from quantomni.kernels.triton.attention_int8 import attention_int8_fp8
 
     q, k, v = _inputs(1, 8, 8, 2, 64, seed=3)
     with pytest.raises(KernelInputError, match="head_dim 80"):
-        fp8_attention(*_inputs(1, 8, 8, 2, 80, seed=3))
+        attention_int8_fp8(*_inputs(1, 8, 8, 2, 80, seed=3))
     with pytest.raises(KernelInputError, match="dtype"):
-        fp8_attention(q.float(), k.float(), v.float())
+        attention_int8_fp8(q.float(), k.float(), v.float())
     with pytest.raises(KernelInputError, match="grouped-query"):
-        fp8_attention(q, k[:, :, :1], v[:, :, :1])
+        attention_int8_fp8(q, k[:, :, :1], v[:, :, :1])
     with pytest.raises(KernelInputError, match="shapes differ"):
-        fp8_attention(q, k, v[:, :4])
+        attention_int8_fp8(q, k, v[:, :4])
     with pytest.raises(KernelInputError, match="expected \\[batch, tokens, heads, head_dim\\]"):
-        fp8_attention(q[0], k[0], v[0])
+        attention_int8_fp8(q[0], k[0], v[0])
     with pytest.raises(KernelInputError, match="not finite"):
-        fp8_attention(q, k, v, scale=float("nan"))
+        attention_int8_fp8(q, k, v, scale=float("nan"))
 
 
 @pytest.mark.gpu
@@ -80,10 +80,10 @@ def test_input_errors(monkeypatch):
                                          (1, 1000, 77, 2, 128), (1, 256, 256, 24, 128)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_against_model_and_exact(b, nq, nk, h, d, dtype):
-    from quantomni.kernels.triton import fp8_attention as fa
+    from quantomni.kernels.triton import attention_int8 as fa
 
     q, k, v = (t.to(dtype) for t in _inputs(b, nq, nk, h, d, seed=nq + nk + d, device="cuda"))
-    out = fa.fp8_attention(q, k, v)
+    out = fa.attention_int8_fp8(q, k, v)
     assert out.dtype == dtype and torch.isfinite(out).all()
     cfg = fa.DEFAULT_CONFIG
     model = quantized_attention_torch(q, k, v, block_m=cfg["BLOCK_M"], block_n=cfg["BLOCK_N"])
@@ -95,33 +95,79 @@ def test_gpu_against_model_and_exact(b, nq, nk, h, d, dtype):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_every_config_and_nan():
-    from quantomni.kernels.triton import fp8_attention as fa
+    from quantomni.kernels.triton import attention_int8 as fa
 
     q, k, v = _inputs(1, 700, 700, 2, 128, seed=11, device="cuda")
     exact = _exact(q, k, v)
     for cfg in fa.CANDIDATE_CONFIGS:
-        out = fa.fp8_attention(q, k, v, config=cfg)
+        out = fa.attention_int8_fp8(q, k, v, config=cfg)
         assert _rel(out, exact) < 5e-2, cfg
     vn = v.clone()
     vn[0, 10, 0, 5] = float("nan")
-    out = fa.fp8_attention(q, k, vn)
+    out = fa.attention_int8_fp8(q, k, vn)
     assert torch.isnan(out[0, :, 0]).all() and torch.isfinite(out[0, :, 1]).all()
     kn = k.clone()
     kn[0, 650, 1, 0] = float("nan")
-    out = fa.fp8_attention(q, kn, v)
+    out = fa.attention_int8_fp8(q, kn, v)
     assert torch.isnan(out[0, :, 1]).all() and torch.isfinite(out[0, :, 0]).all()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_cuda_graph_capture():
-    from quantomni.kernels.triton.fp8_attention import fp8_attention
+    from quantomni.kernels.triton.attention_int8 import attention_int8_fp8
 
     q, k, v = _inputs(1, 300, 300, 2, 128, seed=12, device="cuda")
-    expect = fp8_attention(q, k, v)
+    expect = attention_int8_fp8(q, k, v)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        out = fp8_attention(q, k, v)
+        out = attention_int8_fp8(q, k, v)
     g.replay()
     torch.cuda.synchronize()
     assert torch.equal(out, expect)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_flux_block_eager_compiled_and_graphed():
+    """attention="int8" on a FLUX-shaped transformer (head dim 128): eager, torch.compile(fullgraph=True)
+    (no graph break through the dispatch wrapper and the custom op) and a CUDA-graph replay agree."""
+    from diffusers import FluxTransformer2DModel
+
+    from quantomni.layers.attention import install
+    from quantomni.models.registry import get_adapter
+
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                   attention_head_dim=128, num_attention_heads=2, joint_attention_dim=64,
+                                   pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(16, 56, 56))
+    model = model.to("cuda", torch.bfloat16).eval()
+    g = torch.Generator("cuda").manual_seed(1)
+    img, txt = 300, 40
+    inputs = dict(hidden_states=torch.randn(1, img, 16, generator=g, device="cuda", dtype=torch.bfloat16),
+                  encoder_hidden_states=torch.randn(1, txt, 64, generator=g, device="cuda", dtype=torch.bfloat16),
+                  pooled_projections=torch.randn(1, 32, generator=g, device="cuda", dtype=torch.bfloat16),
+                  timestep=torch.full((1,), 0.5, device="cuda", dtype=torch.bfloat16),
+                  img_ids=torch.randn(img, 3, generator=g, device="cuda").bfloat16() * 10,
+                  txt_ids=torch.zeros(txt, 3, device="cuda", dtype=torch.bfloat16),
+                  guidance=torch.full((1,), 3.5, device="cuda", dtype=torch.bfloat16), return_dict=False)
+    with torch.inference_mode():
+        ref = model(**inputs)[0].float()
+        plan = install(model, "int8", get_adapter("flux"), torch.device("cuda"))
+        assert plan.kernel == "triton" and plan.processors == 2
+        eager = model(**inputs)[0].float()
+        assert 0 < _rel(eager, ref) < 5e-2
+        compiled = torch.compile(model, fullgraph=True)
+        out_c = compiled(**inputs)[0].float()
+        assert _rel(out_c, eager) < 1e-2
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            model(**inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            static = model(**inputs)[0]
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(static.float(), eager)

@@ -29,7 +29,7 @@ def run(args) -> int:
     omni = Omni(
         args.model, quantization=args.quantization, quantization_config=quantization_config_arg(args.quantization_config),
         linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, progress=not args.no_progress,
-        gguf_model=args.gguf_model, force_cutlass_fp8=args.force_cutlass_fp8,
+        gguf_model=args.gguf_model, force_cutlass_fp8=args.force_cutlass_fp8, attention=args.attention,
     )
     result = omni.generate(
         args.prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,

@@ -32,6 +32,9 @@ def add_quantization_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto | a backend name | per format: fp8=fused_scaled_mm,int8=triton,nvfp4=torch")
     parser.add_argument("--force-cutlass-fp8", action="store_true",
                         help="run FP8 layers on the scaled_mm (cuBLASLt) backend; error below CUDA cc 8.9")
+    parser.add_argument("--attention", default="sdpa", choices=["sdpa", "int8"],
+                        help="denoiser attention: sdpa (the model's own) or int8 (INT8 QK^T + FP8 PV; FLUX and Wan; "
+                             "see docs/attention.md)")
     parser.add_argument("--dtype", default="bfloat16", help="dtype of unquantized parts (bfloat16, float16, float32)")
     parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
 

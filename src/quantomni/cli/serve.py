@@ -50,10 +50,13 @@ def run(args) -> int:
     from quantomni.multistage.stages import is_multistage_dir
 
     if is_multistage_dir(args.model):
+        if args.attention != "sdpa":
+            raise ValueError("--attention int8 applies to diffusion denoisers (FLUX, Wan), not to multi-stage omni models")
         extra = {"moe_backend": args.moe_backend, "experts_format": args.experts_format}
     else:
         on_cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-        extra = {"cuda_graphs": on_cuda and not args.enforce_eager, "force_cutlass_fp8": args.force_cutlass_fp8}
+        extra = {"cuda_graphs": on_cuda and not args.enforce_eager, "force_cutlass_fp8": args.force_cutlass_fp8,
+                 "attention": args.attention}
     omni = Omni(
         args.model, quantization=args.quantization, quantization_config=quantization_config_arg(args.quantization_config),
         linear_backend=args.linear_backend, dtype=args.dtype, device=args.device, gguf_model=args.gguf_model,

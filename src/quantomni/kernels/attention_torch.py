@@ -1,5 +1,5 @@
 """Torch reference for quantized attention (INT8 Q K^T, FP8 P V): the CPU path and the tests' model
-of the Triton kernel (kernels/triton/fp8_attention.py).
+of the Triton kernel (kernels/triton/attention_int8.py).
 
 The same quantization as the kernel, in plain torch and float32:
 - Q and K: INT8, one scale (amax / 127) per (batch, head, block of rows); round half to even.

@@ -19,7 +19,9 @@ class ArchitectureAdapter:
     in BF16 by default (embedders, timestep/guidance/modulation and norm linears, final projection:
     quantizing those is what turns images into noise); guidance_param: the pipeline argument our
     ``guidance_scale`` maps to; negative_prompt: "native" (pipeline argument), "true_cfg" (needs
-    ``true_cfg_scale``) or "unsupported"; call_defaults: extra pipeline arguments for image output.
+    ``true_cfg_scale``) or "unsupported"; call_defaults: extra pipeline arguments for image output;
+    attention_dispatch: the diffusers module whose attention processors call
+    ``dispatch_attention_fn`` without a mask (None: ``attention="int8"`` is not supported).
     """
 
     name: str
@@ -31,6 +33,7 @@ class ArchitectureAdapter:
     true_cfg_scale: float = 4.0
     call_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
+    attention_dispatch: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "call_defaults", MappingProxyType(dict(self.call_defaults)))

@@ -17,4 +17,5 @@ ADAPTER = ArchitectureAdapter(
     ),
     guidance_param="guidance_scale",  # distilled guidance embedding
     negative_prompt="true_cfg",
+    attention_dispatch="diffusers.models.transformers.transformer_flux",
 )

@@ -13,4 +13,5 @@ ADAPTER = ArchitectureAdapter(
     guidance_param="guidance_scale",
     negative_prompt="native",
     call_defaults={"num_frames": 1},
+    attention_dispatch="diffusers.models.transformers.transformer_wan",
 )

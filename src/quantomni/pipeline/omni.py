@@ -101,6 +101,7 @@ class Omni:
         gguf_model: str | Path | None = None,
         cuda_graphs: bool = False,
         force_cutlass_fp8: bool = False,
+        attention: str = "sdpa",
     ):
         t0 = time.perf_counter()
         self.model_dir = Path(model)
@@ -108,6 +109,9 @@ class Omni:
         self.dtype = resolve_dtype(dtype)
         self.device = resolve_device(device)
         self.backends = BackendRequest.parse(linear_backend)
+        from quantomni.layers import attention as attention_layer
+
+        attention = attention_layer.validate_mode(attention)
         if force_cutlass_fp8:
             from quantomni.pipeline.prequantized import force_scaled_mm_fp8
 
@@ -158,6 +162,7 @@ class Omni:
             self.plans[comp] = quantize_module_in_place(module, comp, cfg, GENERIC, self.device, self.dtype, self.backends)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=not progress, leave=False)
+        self.attention_plan = attention_layer.install(self.denoiser, attention, self.adapter, self.device)
         self.cuda_graphs = None
         if cuda_graphs:
             if self.device.type != "cuda":
@@ -221,6 +226,7 @@ class Omni:
             "dtype": str(self.dtype).replace("torch.", ""),
             "load_time_s": round(self.load_time_s, 4),
             "cuda_graphs": self.cuda_graphs is not None,
+            "attention": self.attention_plan.to_dict(),
             "quantization": self.quant_config.to_dict(),
             "components": comps,
         }

@@ -1,4 +1,4 @@
-"""Interpreter cases for the quantized attention kernel (kernels/triton/fp8_attention.py); run by
+"""Interpreter cases for the quantized attention kernel (kernels/triton/attention_int8.py); run by
 test_quantized_attention.py in a subprocess with TRITON_INTERPRET=1 set before triton is imported."""
 import os
 import sys
@@ -11,7 +11,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from quantomni.kernels.attention_torch import quantized_attention_torch  # noqa: E402
-from quantomni.kernels.triton import fp8_attention as fa  # noqa: E402
+from quantomni.kernels.triton import attention_int8 as fa  # noqa: E402
 
 BM, BN = fa.INTERPRET_CONFIG["BLOCK_M"], fa.INTERPRET_CONFIG["BLOCK_N"]
 
@@ -36,7 +36,7 @@ def _exact(q, k, v, scale=None):
 @pytest.mark.parametrize("b,nq,nk,h,d", [(1, 64, 64, 2, 64), (2, 70, 45, 3, 64), (1, 33, 100, 1, 128), (1, 5, 7, 2, 64)])
 def test_matches_torch_model_and_bounds_error(b, nq, nk, h, d):
     q, k, v = _inputs(b, nq, nk, h, d, seed=nq * 7 + nk)
-    out = fa.fp8_attention(q, k, v)
+    out = fa.attention_int8_fp8(q, k, v)
     assert out.shape == (b, nq, h, d) and out.dtype == torch.bfloat16 and out.is_contiguous()
     assert torch.isfinite(out).all()
     model = quantized_attention_torch(q, k, v, block_m=BM, block_n=BN)
@@ -55,24 +55,24 @@ def test_scale_argument_and_strided_inputs():
     qkv = (torch.randn(b, n, 3, h, d, generator=gen) * 1.5).bfloat16()
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     assert not q.is_contiguous()
-    out = fa.fp8_attention(q, k, v, scale=0.2)
+    out = fa.attention_int8_fp8(q, k, v, scale=0.2)
     assert _rel(out, _exact(q, k, v, scale=0.2)) < 5e-2
-    assert _rel(out, fa.fp8_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale=0.2)) == 0.0
+    assert _rel(out, fa.attention_int8_fp8(q.contiguous(), k.contiguous(), v.contiguous(), scale=0.2)) == 0.0
 
 
 def test_nan_propagates():
     q, k, v = _inputs(1, 40, 40, 2, 64, seed=5)
     qn = q.clone()
     qn[0, 3, 1, 7] = float("nan")  # query row 3, head 1: its query block (rows 0..BM-1) of head 1
-    out = fa.fp8_attention(qn, k, v)
+    out = fa.attention_int8_fp8(qn, k, v)
     assert torch.isnan(out[0, :BM, 1]).all() and torch.isfinite(out[0, :, 0]).all()
     vn = v.clone()
     vn[0, 10, 0, 5] = float("nan")  # a value: its block's scale is NaN, so every output of head 0
-    out = fa.fp8_attention(q, k, vn)
+    out = fa.attention_int8_fp8(q, k, vn)
     assert torch.isnan(out[0, :, 0]).all() and torch.isfinite(out[0, :, 1]).all()
     kn = k.clone()
     kn[0, 30, 1, 0] = float("nan")  # a key: every output of head 1
-    out = fa.fp8_attention(q, kn, v)
+    out = fa.attention_int8_fp8(q, kn, v)
     assert torch.isnan(out[0, :, 1]).all() and torch.isfinite(out[0, :, 0]).all()
 
 
