@@ -39,6 +39,13 @@ def test_parse_candidates_all_forms(dirs):
     assert parse_candidate(str(gguf), m, known_methods=METHODS).quantization == "gguf"
     pre = parse_candidate(str(quant), m, known_methods=METHODS)
     assert (pre.model, pre.quantization, pre.label) == (str(quant), None, "flux-fp8-modelopt")
+    assert pre.attention == fp8.attention == "sdpa"
+    qa = parse_candidate("FP8+int8attn", m, known_methods=METHODS)
+    assert (qa.quantization, qa.attention, qa.label) == ("fp8", "int8", "fp8+int8attn")
+    assert qa.key() != fp8.key()  # loaded as its own engine
+    assert parse_candidate("bf16+int8attn", m, known_methods=METHODS).to_dict()["attention"] == "int8"
+    with pytest.raises(CompareInputError, match="names no engine before"):
+        parse_candidate("+int8attn", m, known_methods=METHODS)
 
 
 def test_candidate_errors(dirs, tmp_path):

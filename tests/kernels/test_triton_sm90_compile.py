@@ -23,12 +23,15 @@ def test_all_kernels_compile_for_sm90():
     assert not failed, failed
     by_name = {r["kernel"]: r for r in records}
     expect = {"scaled_mm[i8": "IGMMA", "scaled_mm[fp8e4nv": "QGMMA", "q8_0_mm[": "HGMMA",
-              "q4_k_mm[": "HGMMA", "group_affine_mm[": "HGMMA", "nvfp4_gemv[mode=2": "HGMMA"}
+              "q4_k_mm[": "HGMMA", "group_affine_mm[": "HGMMA", "nvfp4_gemv[mode=2": "HGMMA",
+              "attention_int8[": "IGMMA"}
     for prefix, op in expect.items():
         hits = [r for name, r in by_name.items() if name.startswith(prefix)]
         assert hits, prefix
         for r in hits:
             assert r["mma"].get(op, 0) > 0, r
+    attn = [r for name, r in by_name.items() if name.startswith("attention_int8[")]
+    assert attn and all(r["mma"].get("QGMMA", 0) > 0 for r in attn)  # P V on FP8 wgmma
     for r in records:
         # the atomic split-K variant parks 2 prologue values in local memory (read once, outside the
         # K loop); anything more means real register spills

@@ -104,3 +104,15 @@ def test_wan_transformer_self_cross_and_image_attention():
         out = model(**inputs)[0]
     rel = ((out - ref).norm() / ref.norm()).item()
     assert 0 < rel < 5e-2, rel
+
+
+def test_server_card_and_startup_summary_name_the_attention(demo_model_dir):
+    pytest.importorskip("fastapi")
+    from quantomni.serve.app import _json_safe, model_card
+    from quantomni.serve.server import describe_summary
+
+    omni = Omni(demo_model_dir("flux"), device="cpu", progress=False, attention="int8")
+    description = _json_safe(omni.describe())
+    card = model_card(omni, description, 0)
+    assert card["metadata"]["attention"]["mode"] == "int8" and card["metadata"]["attention"]["kernel"] == "torch"
+    assert "attention: int8 on" in describe_summary(description)

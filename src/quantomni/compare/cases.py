@@ -8,7 +8,9 @@ steps and resolution.  Candidates come from ``--candidates`` tokens:
   registry, see :func:`default_known_methods`);
 - ``gguf`` (needs ``--gguf-model PATH``), ``gguf:PATH`` or a path ending in ``.gguf``;
 - an existing model directory: a pre-quantized checkpoint compared against the ``--model`` base
-  (method names win over same-named directories: write ``./fp8`` for a directory called ``fp8``).
+  (method names win over same-named directories: write ``./fp8`` for a directory called ``fp8``);
+- any of the above with ``+int8attn`` (``fp8+int8attn``, ``bf16+int8attn``): the same engine with
+  quantized attention (``attention="int8"``, docs/attention.md).
 
 or from a JSON cases file: a list of ``{"model": DIR, "method": NAME}`` (that model quantized with
 that method against the same model unquantized; optional ``"gguf_model"``, ``"name"``) or
@@ -19,13 +21,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 from quantomni.compare.errors import CompareInputError
 
 UNQUANTIZED_TOKENS = frozenset({"bf16", "none"})
+#: candidate suffix selecting quantized attention (attention="int8")
+ATTENTION_SUFFIX = "+int8attn"
 
 
 def default_known_methods() -> frozenset[str]:
@@ -43,14 +47,15 @@ class EngineSpec:
     quantization: str | None = None
     gguf_model: str | None = None
     label: str = ""
+    attention: str = "sdpa"
 
     def key(self) -> tuple:
         """Identity used to load each distinct engine once (labels do not matter)."""
-        return (self.model, self.quantization, self.gguf_model)
+        return (self.model, self.quantization, self.gguf_model, self.attention)
 
     def to_dict(self) -> dict:
         return {"label": self.label, "model": self.model, "quantization": self.quantization,
-                "gguf_model": self.gguf_model}
+                "gguf_model": self.gguf_model, "attention": self.attention}
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,12 @@ def parse_candidate(token: str, model: str, gguf_model: str | None = None,
     """Turn one candidate token into an :class:`EngineSpec` (see module docstring for the forms)."""
     methods = frozenset(default_known_methods() if known_methods is None else known_methods)
     raw = token.strip()
+    if raw.lower().endswith(ATTENTION_SUFFIX):
+        base = raw[: -len(ATTENTION_SUFFIX)]
+        if not base.strip():
+            raise CompareInputError(f"{origin}: {raw!r} names no engine before {ATTENTION_SUFFIX}")
+        spec = parse_candidate(base, model, gguf_model, methods, origin)
+        return replace(spec, attention="int8", label=f"{spec.label}{ATTENTION_SUFFIX}")
     low = raw.lower()
     if not raw:
         raise CompareInputError(f"{origin}: empty candidate name")
@@ -108,7 +119,7 @@ def parse_candidate(token: str, model: str, gguf_model: str | None = None,
         return _gguf_spec(model, raw, origin)
     if os.path.isdir(raw):
         return EngineSpec(model=raw, quantization=None, label=Path(raw).name or raw)
-    allowed = ", ".join(sorted(UNQUANTIZED_TOKENS | methods | {"gguf:PATH"}))
+    allowed = ", ".join(sorted(UNQUANTIZED_TOKENS | methods | {"gguf:PATH"})) + f" (each optionally with {ATTENTION_SUFFIX})"
     raise CompareInputError(
         f"{origin}: unknown candidate {raw!r}: expected one of {allowed}, a .gguf file or an existing "
         f"model directory (pre-quantized checkpoint)")

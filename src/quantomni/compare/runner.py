@@ -40,6 +40,8 @@ def default_factory(spec: EngineSpec, engine_kwargs: dict) -> Any:
         raise ImportError(f"quantomni compare needs the engine quantomni.Omni, which could not be imported: {exc}") from exc
     # A GGUF file selects its own method: Omni takes gguf_model alone.
     quantization = None if spec.gguf_model else spec.quantization
+    if spec.attention != "sdpa":
+        engine_kwargs = {**engine_kwargs, "attention": spec.attention}
     return Omni(model=spec.model, quantization=quantization, gguf_model=spec.gguf_model, **engine_kwargs)
 
 

@@ -60,6 +60,7 @@ def model_card(engine: ImageEngine, description: dict[str, Any], created: int) -
             "dtype": description.get("dtype"),
             "load_time_s": description.get("load_time_s"),
             "quantization": quantization,
+            "attention": description.get("attention"),
             "components": components,
         },
     }

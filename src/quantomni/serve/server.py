@@ -38,6 +38,10 @@ def describe_summary(description: dict) -> str:
         mib = float(info.get("weight_bytes") or 0) / 2**20
         lines.append(f"  {name:<16} {str(info.get('class')):<32} {method:<14} "
                      f"{int(info.get('quantized_layers') or 0):>5} quantized layers  {mib:>10.1f} MiB")
+    attention = description.get("attention")
+    if isinstance(attention, dict) and attention.get("mode") not in (None, "sdpa"):
+        lines.append(f"  attention: {attention['mode']} on {attention.get('processors')} modules, kernel "
+                     f"{attention.get('kernel')}")
     return "\n".join(lines)
 
 

@@ -254,28 +254,19 @@ def attention_int8_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     return out
 
 
-def compile_for_sm90(config: dict | None = None, head_dim: int = 128) -> dict:
-    """Compile the attention kernel for sm_90a without a GPU (Triton's bundled ptxas): shared memory,
-    registers, spills and the SASS MMA / loop counts (see sm90_compile_check)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    from .sm90_compile_check import _sass_mma_counts
-
+def sm90_case(config: dict | None = None, head_dim: int = 128):
+    """(name, kernel, signature, constexprs, indices of 16-divisible args, launch options) of the
+    attention kernel for the ahead-of-time sm_90a compile check (sm90_compile_check)."""
     cfg = {**DEFAULT_CONFIG, **(config or {})}
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     sig = {"q_ptr": "*bf16", "o_ptr": "*bf16", "k8_desc": f"tensordesc<i8[{bn}, {head_dim}]>",
            "v8_desc": f"tensordesc<fp8e4nv[{head_dim}, {bn}]>", "ks_ptr": "*fp32", "vs_ptr": "*fp32",
            "qk_scale": "fp32", "NQ": "i32", "N": "i32", "H": "i32", "stride_qb": "i32", "stride_qn": "i32",
            "stride_qh": "i32", "stride_ob": "i32", "stride_on": "i32", "stride_oh": "i32", "NPAD": "i32",
-           "NBLK": "i32"}
+           "NBLK": "i32", "D": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "INTERPRET": "constexpr"}
     consts = {"D": head_dim, "BLOCK_M": bm, "BLOCK_N": bn, "INTERPRET": False}
-    sig.update(dict.fromkeys(consts, "constexpr"))
     names = list(sig)
-    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in
-             ("q_ptr", "o_ptr", "ks_ptr", "vs_ptr", "stride_qb", "stride_qn", "stride_ob", "stride_on", "NPAD")}
-    compiled = triton.compile(ASTSource(fn=attn_kernel, signature=sig, constexprs=consts, attrs=attrs),
-                              target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
-    return {"shared_bytes": compiled.metadata.shared, "registers": compiled.n_regs if hasattr(compiled, "n_regs") else None,
-            "spills": getattr(compiled, "n_spills", None), "sass": _sass_mma_counts(compiled.asm["cubin"])}
+    divisible = tuple(names.index(a) for a in ("q_ptr", "o_ptr", "ks_ptr", "vs_ptr", "stride_qb", "stride_qn",
+                                               "stride_ob", "stride_on", "NPAD"))
+    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    return f"attention_int8[{bm}x{bn},d{head_dim}]", attn_kernel, sig, consts, divisible, launch

@@ -85,6 +85,9 @@ def _cases(all_configs: bool = False):
                        "BLOCK_K": "constexpr", "GROUP_M": "constexpr"},
                       {"K": 3072, "BITS": bits, "HAS_MIN": has_min, "HAS_BIAS": True, "DOT_F32": False, **kw},
                       (0, 1, 2, 3, 4, 5, 9, 10, 11, 12), cfg))
+    from . import attention_int8
+
+    cases.append(attention_int8.sm90_case())
     return cases
 
 
@@ -148,7 +151,10 @@ def compile_for_sm90(only=None, all_configs: bool = False) -> list[dict]:
             names = list(sig)
             attrs = {(names.index(a) if isinstance(a, str) else a,): [["tt.divisibility", 16]] for a in divisible}
             src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-            opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages} if cfg else {"num_warps": 4}
+            if isinstance(cfg, dict):  # launch options given directly
+                opts = cfg
+            else:
+                opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages} if cfg else {"num_warps": 4}
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
             rec["shared_bytes"] = compiled.metadata.shared
             rec["mma"] = _sass_mma_counts(compiled.asm["cubin"])
