@@ -2,7 +2,8 @@
 of the Triton kernel (kernels/triton/attention_int8.py).
 
 The same quantization as the kernel, in plain torch and float32:
-- Q and K: INT8, one scale (amax / 127) per (batch, head, block of rows); round half to even.
+- Q and K: INT8, one scale (amax / 127) per (batch, head, block of rows); round half to even. K is
+  smoothed first: its per-(batch, head, channel) mean over the keys is subtracted.
   A block holding NaN gets a NaN scale, so NaN reaches every score it touches.
 - V: FP8 E4M3, one scale (amax / 448) per (batch, head, block of BLOCK_N keys); NaN as for Q and K.
 - P = exp(s - rowmax(s)) in [0, 1], times 448, cast to E4M3; the row sums use the unrounded P.
@@ -54,7 +55,7 @@ def quantized_attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         scale = 1.0 / math.sqrt(q.shape[-1])
     qf, kf, vf = (t.float().transpose(1, 2) for t in (q, k, v))
     qd = _int8_dequant(qf, block_m)
-    kd = _int8_dequant(kf, block_n)
+    kd = _int8_dequant(kf - kf.mean(dim=2, keepdim=True), block_n)  # smoothing, as the kernel
     vd = _fp8_dequant(vf, block_n)
     s = (qd @ kd.transpose(-1, -2)) * scale
     p = torch.exp(s - s.amax(dim=-1, keepdim=True))

@@ -11,7 +11,10 @@ Semantics (the torch model of the same quantization is kernels/attention_torch.p
 - Q: INT8, one scale per (batch, head, BLOCK_M query rows), computed inside the attention kernel
   from the bf16 tile (amax / 127, round half to even), so Q is never written back quantized.
 - K: INT8 and V: FP8, one scale per (batch, head, BLOCK_N keys), written by ``quantize_kv`` in one
-  pass over K and V. V is stored transposed ([D, N], keys contiguous): 8-bit wgmma needs a K-major
+  pass over K and V, after one reduction over K for its smoothing: the per-channel mean over the
+  keys is subtracted first (softmax is invariant to it; real DiTs' keys carry a channel bias that
+  would otherwise set the INT8 scale: with a N(0, 10^2) channel bias the error is 3.9 % smoothed
+  and 9.4 % not). V is stored transposed ([D, N], keys contiguous): 8-bit wgmma needs a K-major
   B operand.
 - Scores are exact int32 dot products. The online softmax works on them in "raw" float units (one
   integer add, see ``_block``); 448 * P is produced directly by exp2 and cast to E4M3, the row sums
@@ -82,7 +85,7 @@ def _to_int8_block(x):
 
 
 @triton.jit
-def kv_quant_kernel(k_ptr, v_ptr, k8_ptr, v8_ptr, ks_ptr, vs_ptr, N, H,
+def kv_quant_kernel(k_ptr, v_ptr, km_ptr, k8_ptr, v8_ptr, ks_ptr, vs_ptr, N, H,
                     stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh, NPAD, NBLK,
                     D: tl.constexpr, BLOCK_N: tl.constexpr, INTERPRET: tl.constexpr):
     j = tl.program_id(0)
@@ -94,6 +97,9 @@ def kv_quant_kernel(k_ptr, v_ptr, k8_ptr, v8_ptr, ks_ptr, vs_ptr, N, H,
     ok = (n < N)[:, None]
     k = tl.load(k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh + n.to(tl.int64)[:, None] * stride_kn
                 + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    # smoothing: subtract the per-channel mean over all keys (softmax is invariant to it, and it
+    # removes the channel bias that would otherwise set the INT8 scale)
+    k = tl.where(ok, k - tl.load(km_ptr + bh * D + d)[None, :], 0.0)
     k8, ksc = _to_int8_block(k)
     tl.store(k8_ptr + (bh.to(tl.int64) * NPAD + n)[:, None] * D + d[None, :], k8)
     tl.store(ks_ptr + bh * NBLK + j, ksc)
@@ -203,7 +209,9 @@ def _check_qkv(q, k, v):
 
 def quantize_kv(k: torch.Tensor, v: torch.Tensor, block_n: int):
     """K and V [B, N, H, D] -> (k8 [B*H*NPAD, D], k_scale [B*H, NBLK], vt8 [B*H*D, NPAD], v_scale [B*H, NBLK])
-    with NPAD = NBLK * block_n; rows past N are zero."""
+    with NPAD = NBLK * block_n; rows past N are zero. K is smoothed first: its per-(batch, head,
+    channel) mean over the keys is subtracted (q . mean is the same for every key of a row, so the
+    softmax does not change)."""
     B, N, H, D = k.shape
     nblk = triton_cdiv(N, block_n)
     npad = nblk * block_n
@@ -211,7 +219,8 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, block_n: int):
     vt8 = torch.empty((B * H * D, npad), dtype=torch.float8_e4m3fn, device=k.device)
     ks = torch.empty((B * H, nblk), dtype=torch.float32, device=k.device)
     vs = torch.empty_like(ks)
-    kv_quant_kernel[(nblk, B * H)](k, v, k8, vt8, ks, vs, N, H, k.stride(0), k.stride(1), k.stride(2),
+    k_mean = k.mean(dim=1, dtype=torch.float32).contiguous()  # [B, H, D]
+    kv_quant_kernel[(nblk, B * H)](k, v, k_mean, k8, vt8, ks, vs, N, H, k.stride(0), k.stride(1), k.stride(2),
                             v.stride(0), v.stride(1), v.stride(2), npad, nblk, D=D, BLOCK_N=block_n,
                           INTERPRET=interpret_mode(), **({} if interpret_mode() else {"num_warps": 4}))
     return k8, ks, vt8, vs
