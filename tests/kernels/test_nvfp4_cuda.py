@@ -121,6 +121,16 @@ def test_gemv_fragment_mapping_computes_x_times_w_transposed():
     assert float((got - ref).norm() / ref.norm()) < 1e-12
 
 
+def test_linear_path_rule():
+    from quantomni.kernels.cuda import nvfp4_mma as mma
+
+    assert mma.use_gemv(32, 768, 2048) and mma.use_gemv(1, 3072, 3072)
+    # 33-64 rows: the GEMV on the large FLUX weights only (H100 measurements in the module)
+    assert mma.use_gemv(64, 12288, 3072) and mma.use_gemv(48, 3072, 12288) and mma.use_gemv(64, 15360, 3072)
+    assert not mma.use_gemv(64, 3072, 3072) and not mma.use_gemv(33, 768, 2048) and not mma.use_gemv(64, 6144, 2048)
+    assert not mma.use_gemv(65, 15360, 3072)  # past the GEMV kernels' row limit
+
+
 def test_backend_refuses_cpu_and_odd_shapes_with_reasons():
     from quantomni.kernels.nvfp4_cuda import CudaNvfp4Kernel
 
