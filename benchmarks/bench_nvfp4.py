@@ -35,7 +35,9 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--commit", default="unknown")
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="comma list of M (tokens)")
     args = ap.parse_args()
+    ms = [int(m) for m in args.ms.split(",") if m.strip()]
     from quantomni.kernels.nvfp4_ref import nvfp4_dequantize, nvfp4_linear_reference, nvfp4_quantize
     from quantomni.kernels.nvfp4_cuda import CudaNvfp4Kernel
     from quantomni.kernels.nvfp4_triton import TritonNvfp4Kernel
@@ -72,7 +74,7 @@ def main() -> int:
             c.weight_scale_2, c.bias, c.out_features = ws2, None, n
             CudaNvfp4Kernel.process_loaded(c)  # a re-laid-out copy (the Triton layers keep theirs)
             cuda_layers.append(c)
-        for m in MS:
+        for m in ms:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             ref = (x.double() @ w_deq.t())
             row = {"M": m, "K": k, "N": n}
