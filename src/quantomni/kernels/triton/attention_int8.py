@@ -72,16 +72,31 @@ def _to_fp8(x, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _to_int8_block(x):
-    """One scale for the whole tile: amax / 127; codes round half to even (the 1.5 * 2**23 trick, exact
-    for |v| <= 2**22). A tile holding NaN gets a NaN scale (codes 0): NaN reaches every score it
-    touches, since int8 has no NaN."""
-    amax = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+def _tile_scale(x, QMAX: tl.constexpr):
+    """One scale for the whole tile: amax / QMAX (NaN ignored), at least 1e-12. Returns (the scale to
+    divide by, the scale to store: NaN where the tile holds NaN)."""
+    scale = tl.maximum(tl.max(tl.max(tl.abs(x), axis=1), axis=0) / QMAX, 1e-12)
     n_nan = tl.sum(tl.sum((x != x).to(tl.int32), axis=1), axis=0)
-    scale = tl.maximum(amax / 127.0, 1e-12)
+    return scale, tl.where(n_nan > 0, float("nan"), scale)
+
+
+@triton.jit
+def _to_int8_block(x):
+    """INT8 codes with one tile scale, rounded half to even (the 1.5 * 2**23 trick, exact for
+    |v| <= 2**22). A tile holding NaN gets a NaN scale (codes 0): NaN reaches every score it touches,
+    since int8 has no NaN."""
+    scale, stored = _tile_scale(x, 127.0)
     v = (x / scale + 12582912.0) - 12582912.0
-    codes = tl.where(x != x, 0.0, v).to(tl.int8)
-    return codes, tl.where(n_nan > 0, float("nan"), scale)
+    return tl.where(x != x, 0.0, v).to(tl.int8), stored
+
+
+@triton.jit
+def _load_rows(ptr, b, h, rows, n_valid, stride_b, stride_n, stride_h, D: tl.constexpr):
+    """Rows ``rows`` of (batch b, head h) of a [B, N, H, D] tensor with unit stride along D, as
+    float32; rows at or past n_valid read 0."""
+    d = tl.arange(0, D)
+    return tl.load(ptr + b.to(tl.int64) * stride_b + h * stride_h + rows.to(tl.int64)[:, None] * stride_n
+                   + d[None, :], mask=(rows < n_valid)[:, None], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -95,23 +110,19 @@ def kv_quant_kernel(k_ptr, v_ptr, km_ptr, k8_ptr, v8_ptr, ks_ptr, vs_ptr, N, H,
     n = j * BLOCK_N + tl.arange(0, BLOCK_N)
     d = tl.arange(0, D)
     ok = (n < N)[:, None]
-    k = tl.load(k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh + n.to(tl.int64)[:, None] * stride_kn
-                + d[None, :], mask=ok, other=0.0).to(tl.float32)
+    k = _load_rows(k_ptr, b, h, n, N, stride_kb, stride_kn, stride_kh, D)
     # smoothing: subtract the per-channel mean over all keys (softmax is invariant to it, and it
     # removes the channel bias that would otherwise set the INT8 scale)
     k = tl.where(ok, k - tl.load(km_ptr + bh * D + d)[None, :], 0.0)
     k8, ksc = _to_int8_block(k)
     tl.store(k8_ptr + (bh.to(tl.int64) * NPAD + n)[:, None] * D + d[None, :], k8)
     tl.store(ks_ptr + bh * NBLK + j, ksc)
-    v = tl.load(v_ptr + b.to(tl.int64) * stride_vb + h * stride_vh + n.to(tl.int64)[:, None] * stride_vn
-                + d[None, :], mask=ok, other=0.0).to(tl.float32)
-    n_nan = tl.sum(tl.sum((v != v).to(tl.int32), axis=1), axis=0)
-    vsc = tl.maximum(tl.max(tl.max(tl.abs(v), axis=1), axis=0) / 448.0, 1e-12)
+    v = _load_rows(v_ptr, b, h, n, N, stride_vb, stride_vn, stride_vh, D)
+    vsc, v_stored = _tile_scale(v, 448.0)
     v8 = _to_fp8(tl.where(v != v, 0.0, v / vsc), INTERPRET)
-    vsc = tl.where(n_nan > 0, float("nan"), vsc)
     # transposed: row (bh, d), column n
     tl.store(v8_ptr + (bh.to(tl.int64) * D + d)[None, :] * NPAD + n[:, None], v8)
-    tl.store(vs_ptr + bh * NBLK + j, vsc)
+    tl.store(vs_ptr + bh * NBLK + j, v_stored)
 
 
 @triton.jit
@@ -150,8 +161,7 @@ def attn_kernel(q_ptr, o_ptr, k8_desc, v8_desc, ks_ptr, vs_ptr, qk_scale, NQ, N,
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D)
     row_ok = (rows < NQ)[:, None]
-    q = tl.load(q_ptr + b.to(tl.int64) * stride_qb + h * stride_qh + rows.to(tl.int64)[:, None] * stride_qn
-                + d[None, :], mask=row_ok, other=0.0).to(tl.float32)
+    q = _load_rows(q_ptr, b, h, rows, NQ, stride_qb, stride_qn, stride_qh, D)
     q8, qsc = _to_int8_block(q)
     c = qk_scale * qsc
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
