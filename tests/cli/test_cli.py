@@ -72,3 +72,17 @@ def test_set_progress_toggles_the_pipeline_bar(demo_model_dir):
     omni = Omni(demo_model_dir("flux"), device="cpu", progress=True)
     omni.set_progress(False)
     assert omni.pipe._progress_bar_config["disable"] is True
+
+
+def test_attention_flag_in_generate_and_inspect(demo_model_dir, tmp_path, capsys):
+    out = tmp_path / "img.png"
+    rc = main(["generate", "--model", str(demo_model_dir("flux")), "--attention", "int8", "--prompt", "a cat",
+               "--height", "32", "--width", "32", "--num-inference-steps", "1", "--seed", "1", "--output", str(out),
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0 and Image.open(out).size == (32, 32)
+    report = json.loads(capsys.readouterr().out)
+    assert report["attention"]["mode"] == "int8" and report["attention"]["kernel"] == "torch"
+    assert main(["inspect", str(demo_model_dir("flux")), "--attention", "int8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["attention"].startswith("int8: INT8 QK^T + FP8 PV")
+    assert main(["inspect", str(demo_model_dir("sd3")), "--attention", "int8"]) == 2
+    assert "not supported for architecture 'sd3'" in capsys.readouterr().err

@@ -50,6 +50,7 @@ def run(args) -> int:
         "peak_memory_bytes": result.peak_memory_bytes,
         "denoiser_weight_bytes": omni.denoiser_weight_bytes,
         "quantization": {c: p.to_dict(with_layers=False) for c, p in omni.plans.items()},
+        "attention": omni.attention_plan.to_dict(),
     }
     print(json.dumps(summary, indent=2))
     return 0

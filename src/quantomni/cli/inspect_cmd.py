@@ -28,12 +28,14 @@ def run(args) -> int:
         args.dtype, args.device, gguf_model=args.gguf_model, force_cutlass_fp8=args.force_cutlass_fp8,
     )
     plans = info.pop("plans")
+    info["attention"] = _attention_note(args.attention, info["architecture"])
     if args.json:
         info["plans"] = {name: plan.to_dict(with_layers=True) for name, plan in plans.items()}
         print(json.dumps(info, indent=2))
         return 0
     print(f"model: {info['model']}")
     print(f"pipeline: {info['pipeline']} (architecture adapter: {info['architecture']})")
+    print(f"attention: {info['attention']}")
     print("components:")
     for name, entry in info["components"].items():
         q = entry["quantization"]
@@ -63,3 +65,14 @@ def run(args) -> int:
             if formats:
                 print("stored formats: " + ", ".join(f"{layer}={fmt}" for layer, fmt in formats.items()))
     return 0
+
+
+def _attention_note(mode: str, architecture: str) -> str:
+    """What --attention would do at load (inspect loads no weights, so nothing is installed)."""
+    if mode == "sdpa":
+        return "sdpa (the model's own)"
+    from quantomni.models.registry import get_adapter, registered_adapters
+
+    if architecture in registered_adapters() and get_adapter(architecture).attention_dispatch:
+        return f"{mode}: INT8 QK^T + FP8 PV on every attention of the denoiser (installed at load)"
+    raise ValueError(f"--attention {mode} is not supported for architecture {architecture!r} (supported: flux, wan)")

@@ -101,8 +101,9 @@ def validate_mode(mode) -> str:
     return mode.strip().lower()
 
 
-def install(denoiser: torch.nn.Module, mode: str, adapter, device) -> AttentionPlan:
-    """Route the denoiser's attention through the quantized kernel (mode "int8"); "sdpa" changes nothing."""
+def install(denoiser: torch.nn.Module, mode: str, adapter, device, dtype: torch.dtype | None = None) -> AttentionPlan:
+    """Route the denoiser's attention through the quantized kernel (mode "int8"); "sdpa" changes nothing.
+    ``dtype``: the denoiser's activation dtype, checked against the kernel where given."""
     mode = validate_mode(mode)
     if mode == "sdpa":
         return AttentionPlan("sdpa", reason="the model's own attention")
@@ -113,6 +114,8 @@ def install(denoiser: torch.nn.Module, mode: str, adapter, device) -> AttentionP
                                 f"architectures whose attention has no mask and goes through diffusers' "
                                 f"dispatch_attention_fn: flux, wan)")
     kernel = select_attention_kernel(device)
+    if kernel.name != "torch" and dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+        raise QuantizationError(f"attention='int8' on the GPU takes bfloat16 or float16 activations; the model runs in {dtype}")
     backend = QuantizedAttention(kernel)
     _patch_dispatch(adapter.attention_dispatch)
     count = 0

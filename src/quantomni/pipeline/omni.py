@@ -162,7 +162,7 @@ class Omni:
             self.plans[comp] = quantize_module_in_place(module, comp, cfg, GENERIC, self.device, self.dtype, self.backends)
         self.pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=not progress, leave=False)
-        self.attention_plan = attention_layer.install(self.denoiser, attention, self.adapter, self.device)
+        self.attention_plan = attention_layer.install(self.denoiser, attention, self.adapter, self.device, self.dtype)
         self.cuda_graphs = None
         if cuda_graphs:
             if self.device.type != "cuda":
