@@ -112,6 +112,8 @@ def test_bad_engine_options(omni_dir):
         Omni(omni_dir, moe_backend="cutlass", device="cpu")
     with pytest.raises(ValueError, match="experts_format"):
         Omni(omni_dir, experts_format="fp4", device="cpu")
+    with pytest.raises(ValueError, match="applies to diffusion denoisers"):
+        Omni(omni_dir, attention="int8", device="cpu")
 
 
 def test_inspect_cli_lists_stages(omni_dir, capsys):

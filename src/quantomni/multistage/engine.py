@@ -53,13 +53,16 @@ class OmniMultiStage:
 
     def __init__(self, model, quantization=None, quantization_config=None, linear_backend="auto",
                  dtype="bfloat16", device=None, progress: bool = True, model_id: str | None = None,
-                 gguf_model=None, moe_backend: str = "auto", experts_format: str = "auto"):
+                 gguf_model=None, moe_backend: str = "auto", experts_format: str = "auto", attention: str = "sdpa"):
         from quantomni.kernels.moe_torch import MOE_BACKENDS
         from quantomni.pipeline.omni import merge_quantization_args
 
         t0 = time.perf_counter()
         if gguf_model is not None:
             raise ValueError("gguf_model: GGUF files are for diffusion denoisers; this is a multi-stage omni model")
+        if attention != "sdpa":
+            raise ValueError(f"attention={attention!r} applies to diffusion denoisers (FLUX, Wan); this is a "
+                             "multi-stage omni model")
         if moe_backend not in MOE_BACKENDS:
             raise ValueError(f"moe_backend: unknown backend {moe_backend!r}; choose from {list(MOE_BACKENDS)}")
         if experts_format not in EXPERT_CHOICES:

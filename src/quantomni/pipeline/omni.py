@@ -76,6 +76,8 @@ class Omni:
     cuda_graphs: capture the denoiser step in CUDA graphs (one per shape); CUDA only.
     Pre-quantized ModelOpt components are detected from their config and need no quantization flag;
     force_cutlass_fp8: run their FP8 layers on the ``scaled_mm`` backend (error below CUDA cc 8.9).
+    attention: "sdpa" (the model's own attention) or "int8" (INT8 QK^T + FP8 PV on every attention
+        of the denoiser; FLUX and Wan; docs/attention.md). Where it cannot run it is an error.
     """
 
     def __new__(cls, model=None, *args, **kwargs):
