@@ -188,7 +188,6 @@ def attn_kernel(q_ptr, o_ptr, k8_desc, v8_desc, ks_ptr, vs_ptr, qk_scale, NQ, N,
              + d[None, :], out.to(o_ptr.dtype.element_ty), mask=row_ok)
 
 
-
 def _check_qkv(q, k, v):
     for name, t in (("query", q), ("key", k), ("value", v)):
         if not isinstance(t, torch.Tensor):
@@ -230,9 +229,10 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, block_n: int):
     ks = torch.empty((B * H, nblk), dtype=torch.float32, device=k.device)
     vs = torch.empty_like(ks)
     k_mean = k.mean(dim=1, dtype=torch.float32).contiguous()  # [B, H, D]
+    launch = {} if interpret_mode() else {"num_warps": 4}
     kv_quant_kernel[(nblk, B * H)](k, v, k_mean, k8, vt8, ks, vs, N, H, k.stride(0), k.stride(1), k.stride(2),
-                            v.stride(0), v.stride(1), v.stride(2), npad, nblk, D=D, BLOCK_N=block_n,
-                          INTERPRET=interpret_mode(), **({} if interpret_mode() else {"num_warps": 4}))
+                                   v.stride(0), v.stride(1), v.stride(2), npad, nblk, D=D, BLOCK_N=block_n,
+                                   INTERPRET=interpret_mode(), **launch)
     return k8, ks, vt8, vs
 
 
