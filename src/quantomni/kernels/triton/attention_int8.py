@@ -1,8 +1,8 @@
 """Quantized attention for Hopper (sm_90): softmax(q k^T * scale) v with Q K^T in INT8 and P V in
 FP8 E4M3, both on the 8-bit tensor cores (twice the BF16 rate).
 
-Why: attention does not shrink with weight quantization, and at video lengths it is most of a DiT
-step (Wan 2.1 at 480p, 81 frames: 32760 tokens, ~38 ms per layer in BF16 on an H100).
+Why: attention does not shrink with weight quantization, and at video lengths it is about half of
+a DiT step (Wan 2.1 at 480p, 81 frames: 32760 tokens, about 37 ms per layer in BF16 on an H100).
 
 Semantics (the torch model of the same quantization is kernels/attention_torch.py):
 - q, k, v are [B, N, H, D] (diffusers' layout; any strides with unit stride along D), non-causal,
