@@ -34,6 +34,18 @@ def test_rejects_mismatched_k(interp):
         int8_scaled_mm(x, w, torch.ones(4, 1), torch.ones(8))
 
 
+def test_int32_k_limit_applies_to_int8_only(interp):
+    from quantomni.kernels.triton.int8_gemm import MAX_K, _check_operands
+
+    k = MAX_K + 16
+    x = torch.ones(1, k, dtype=torch.int8)
+    with pytest.raises(KernelInputError, match="int32 accumulation could overflow"):
+        _check_operands(x, x, torch.int8)
+    xf = x.to(torch.float8_e4m3fn)
+    a, b = _check_operands(xf, xf, torch.float8_e4m3fn)  # float32 accumulation: no K limit
+    assert a.shape == b.shape == (1, k)
+
+
 def test_rejects_wrong_scale_shape_and_dtype(interp):
     x = torch.zeros(4, 32, dtype=torch.int8)
     w = torch.zeros(8, 32, dtype=torch.int8)

@@ -64,6 +64,17 @@ def check_same_device(**tensors) -> None:
         raise KernelInputError(f"tensors are on different devices: {devs}")
 
 
+def check_gemm_shapes(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> tuple[int, int, int]:
+    """a [M, K] and b [N, K] (the weight as stored) must agree on K and be non-empty; returns (M, N, K)."""
+    M, K = a.shape
+    N, Kb = b.shape
+    if K != Kb:
+        raise KernelInputError(f"{name_a} has K={K} but {name_b} [N, K] has K={Kb}")
+    if M == 0 or N == 0 or K == 0:
+        raise KernelInputError(f"empty GEMM: {name_a} {tuple(a.shape)}, {name_b} {tuple(b.shape)}")
+    return M, N, K
+
+
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._common import (
-    KernelInputError, check_bias, check_out_dtype, check_same_device, check_tensor, scale_vector,
+    KernelInputError, check_bias, check_gemm_shapes, check_out_dtype, check_same_device, check_tensor, scale_vector,
 )
 from ._scaled_mm_core import launch_scaled_mm
 from .act_quant import per_token_quant_int8
@@ -23,13 +23,8 @@ def _check_operands(x_q, w_q, dtype, name_x="x_q", name_w="w_q"):
     check_tensor(name_x, x_q, (dtype,), 2)
     check_tensor(name_w, w_q, (dtype,), 2)
     check_same_device(**{name_x: x_q, name_w: w_q})
-    M, K = x_q.shape
-    N, Kw = w_q.shape
-    if K != Kw:
-        raise KernelInputError(f"{name_x} has K={K} but {name_w} [N, K] has K={Kw}")
-    if M == 0 or N == 0 or K == 0:
-        raise KernelInputError(f"empty GEMM: {name_x} {tuple(x_q.shape)}, {name_w} {tuple(w_q.shape)}")
-    if K > MAX_K:
+    _, _, K = check_gemm_shapes(x_q, w_q, name_x, name_w)
+    if dtype == torch.int8 and K > MAX_K:  # fp8 accumulates in float32: no such limit
         raise KernelInputError(f"K={K} exceeds {MAX_K}, where int32 accumulation could overflow")
     return (x_q if x_q.stride(1) == 1 else x_q.contiguous()), (w_q if w_q.stride(1) == 1 else w_q.contiguous())
 

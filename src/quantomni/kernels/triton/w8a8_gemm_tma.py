@@ -37,7 +37,7 @@ import functools
 
 import torch
 
-from ._common import KernelInputError, interpret_mode, num_sms
+from ._common import KernelInputError, check_gemm_shapes, interpret_mode, num_sms
 
 
 def _cfg(bm, bn, bk, warps, stages, ws=False, flatten=True, subtile=False, tma_store=True, group_m=8):
@@ -225,12 +225,7 @@ def scaled_mm_tma(a, b, a_scale_vec, b_scale_vec, bias, out_dtype, acc_int32: bo
     """
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    M, K = a.shape
-    N, Kb = b.shape
-    if K != Kb:
-        raise KernelInputError(f"a has K={K} but b [N, K] has K={Kb}")
-    if M == 0 or N == 0 or K == 0:
-        raise KernelInputError(f"empty GEMM: a {tuple(a.shape)}, b {tuple(b.shape)}")
+    M, N, K = check_gemm_shapes(a, b, "a", "b")
     interp = interpret_mode()
     if config is None and interp:
         config = INTERPRET_CONFIG
