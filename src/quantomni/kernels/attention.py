@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 
@@ -34,7 +35,7 @@ def _triton_op():
         from quantomni.kernels.triton.attention_int8 import attention_int8_fp8
 
         @torch.library.custom_op(f"{NAMESPACE}::int8_fp8", mutates_args=())
-        def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
             return attention_int8_fp8(q, k, v, scale)
 
         @op.register_fake
@@ -69,10 +70,5 @@ def select_attention_kernel(device: torch.device) -> AttentionKernel:
         why = _triton_unsupported(device)
         if why is not None:
             raise QuantizationError(f"attention='int8' cannot run on {device}: {why}")
-        op = _triton_op()
-
-        def run(q, k, v, scale=None):
-            return op(q, k, v, float(scale) if scale is not None else q.shape[-1] ** -0.5)
-
-        return AttentionKernel("triton", run, "sm_90: Triton kernel, INT8 QK^T + FP8 PV on 8-bit wgmma")
+        return AttentionKernel("triton", _triton_op(), "sm_90: Triton kernel, INT8 QK^T + FP8 PV on 8-bit wgmma")
     raise QuantizationError(f"attention='int8' has no kernel for device type {device.type!r}")

@@ -37,6 +37,7 @@ import torch
 
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from quantomni.kernels.triton._common import KernelInputError, check_device, interpret_mode
 
@@ -222,22 +223,18 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, block_n: int):
     channel) mean over the keys is subtracted (q . mean is the same for every key of a row, so the
     softmax does not change)."""
     B, N, H, D = k.shape
-    nblk = triton_cdiv(N, block_n)
+    nblk = triton.cdiv(N, block_n)
     npad = nblk * block_n
     k8 = torch.empty((B * H * npad, D), dtype=torch.int8, device=k.device)
     vt8 = torch.empty((B * H * D, npad), dtype=torch.float8_e4m3fn, device=k.device)
     ks = torch.empty((B * H, nblk), dtype=torch.float32, device=k.device)
     vs = torch.empty_like(ks)
     k_mean = k.mean(dim=1, dtype=torch.float32).contiguous()  # [B, H, D]
-    launch = {} if interpret_mode() else {"num_warps": 4}
+    interp = interpret_mode()
     kv_quant_kernel[(nblk, B * H)](k, v, k_mean, k8, vt8, ks, vs, N, H, k.stride(0), k.stride(1), k.stride(2),
                                    v.stride(0), v.stride(1), v.stride(2), npad, nblk, D=D, BLOCK_N=block_n,
-                                   INTERPRET=interpret_mode(), **launch)
+                                   INTERPRET=interp, **({} if interp else {"num_warps": 4}))
     return k8, ks, vt8, vs
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def attention_int8_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
@@ -250,26 +247,23 @@ def attention_int8_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
         scale = 1.0 / math.sqrt(q.shape[-1])
     if not math.isfinite(scale):
         raise KernelInputError(f"attention scale {scale} is not finite")
-    cfg = dict(INTERPRET_CONFIG if interpret_mode() else DEFAULT_CONFIG)
-    cfg.update(config or {})
+    interp = interpret_mode()
+    cfg = {**(INTERPRET_CONFIG if interp else DEFAULT_CONFIG), **(config or {})}
     B, NQ, H, D = q.shape
     NK = k.shape[1]
     out = torch.empty((B, NQ, H, D), dtype=q.dtype, device=q.device)
     if NQ == 0 or B == 0 or H == 0:
         return out
-    bn = cfg["BLOCK_N"]
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
     k8, ks, vt8, vs = quantize_kv(k, v, bn)
-    npad, nblk = ks.shape[1] * bn, ks.shape[1]
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
+    npad, nblk = vt8.shape[1], ks.shape[1]
     k_desc = TensorDescriptor(k8, list(k8.shape), [D, 1], [bn, D])
     v_desc = TensorDescriptor(vt8, list(vt8.shape), [npad, 1], [D, bn])
-    bm = cfg["BLOCK_M"]
-    launch = {} if interpret_mode() else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
-    attn_kernel[(triton_cdiv(NQ, bm), B * H)](
+    launch = {} if interp else {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    attn_kernel[(triton.cdiv(NQ, bm), B * H)](
         q, out, k_desc, v_desc, ks, vs, scale * 1.4426950408889634, NQ, NK, H,
         q.stride(0), q.stride(1), q.stride(2), out.stride(0), out.stride(1), out.stride(2), npad, nblk,
-        D=D, BLOCK_M=bm, BLOCK_N=bn, INTERPRET=interpret_mode(), **launch)
+        D=D, BLOCK_M=bm, BLOCK_N=bn, INTERPRET=interp, **launch)
     return out
 
 
@@ -287,5 +281,5 @@ def sm90_case(config: dict | None = None, head_dim: int = 128):
     names = list(sig)
     divisible = tuple(names.index(a) for a in ("q_ptr", "o_ptr", "ks_ptr", "vs_ptr", "stride_qb", "stride_qn",
                                                "stride_ob", "stride_on", "NPAD"))
-    launch = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    launch = triton.Config({}, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return f"attention_int8[{bm}x{bn},d{head_dim}]", attn_kernel, sig, consts, divisible, launch

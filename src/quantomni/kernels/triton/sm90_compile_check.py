@@ -151,10 +151,7 @@ def compile_for_sm90(only=None, all_configs: bool = False) -> list[dict]:
             names = list(sig)
             attrs = {(names.index(a) if isinstance(a, str) else a,): [["tt.divisibility", 16]] for a in divisible}
             src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-            if isinstance(cfg, dict):  # launch options given directly
-                opts = cfg
-            else:
-                opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages} if cfg else {"num_warps": 4}
+            opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages} if cfg else {"num_warps": 4}
             compiled = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
             rec["shared_bytes"] = compiled.metadata.shared
             rec["mma"] = _sass_mma_counts(compiled.asm["cubin"])
